@@ -1,0 +1,1 @@
+"""Datasets: readers of published layouts, the synthetic generator, shards, sampling, transforms."""

@@ -1,0 +1,61 @@
+"""Stage ``shard``: a dataset in its published layout -> WebDataset tars + parquet index + card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from reidflow.config import StrictModel, params_digest
+from reidflow.errors import ConfigError
+from reidflow.obs.progress import progress_callback
+from reidflow.store.artifacts import open_input, write_artifact
+from reidflow.store.lineage import RunContext
+
+
+class DatasetSource(StrictModel):
+    """One entry of the top-level ``datasets:`` section: how to read a raw dataset."""
+
+    reader: str = Field(description="reader name, see `reidflow readers`")
+    root: str = Field(description="dataset root (local path), e.g. data/market1501")
+    domain: str | None = Field(None, description="domain label; defaults to the dataset name")
+    role: str = Field("source", pattern="^(source|target|eval)$")
+    options: dict[str, Any] = Field(default_factory=dict, description="reader options")
+
+
+class ShardConfig(StrictModel):
+    shard_max_mb: float = Field(256, gt=0)
+    skip_bad: bool = False
+
+
+def dataset_source(params: dict[str, Any], name: str, source: str = "params.yaml") -> DatasetSource:
+    from reidflow.config import section
+
+    datasets = params.get("datasets") or {}
+    if name not in datasets:
+        raise ConfigError(f"{source}: no dataset {name!r} under 'datasets:' (known: {sorted(datasets)})")
+    return section(datasets, name, DatasetSource, source=f"{source}: datasets")
+
+
+def run(cfg: ShardConfig, dataset: str, src: DatasetSource, output: str | Path,
+        raw_uri: str | None = None, ctx: RunContext | None = None) -> Path:
+    from reidflow.data.readers import read_dataset
+    from reidflow.data.shards import write_shards
+
+    raw = open_input("raw", raw_uri or src.root, require_artifact=False)
+    samples = read_dataset(src.reader, raw.path, domain=src.domain or dataset, **src.options)
+    resolved = {"shard": cfg.model_dump(), "dataset": {"name": dataset, **src.model_dump()}}
+    with write_artifact(output, kind="shards", stage="shard", params=resolved,
+                        params_digest=params_digest(resolved), seed=None, inputs=[raw], ctx=ctx) as art:
+        with progress_callback(f"shard {dataset}") as progress:
+            result = write_shards(samples, art.path, dataset=dataset, root=raw.path,
+                                  shard_max_bytes=int(cfg.shard_max_mb * 2**20), skip_bad=cfg.skip_bad,
+                                  progress=progress)
+        art.metrics = _card_metrics(result)
+    return Path(str(output))
+
+
+def _card_metrics(result: Any) -> dict[str, Any]:
+    summary = getattr(result, "summary", None)
+    return summary() if callable(summary) else {}

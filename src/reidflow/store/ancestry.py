@@ -1,0 +1,149 @@
+"""Walk, verify and draw the ancestry of an artifact through the ``inputs`` of its lineage records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reidflow.errors import ArtifactError
+from reidflow.store.artifacts import open_input, read_lineage
+from reidflow.store.digests import combined_digest, file_sha256, tree_digests
+from reidflow.store.lineage import LINEAGE_FILE
+from reidflow.store.uri import parse_uri
+
+
+@dataclass
+class Node:
+    """One artifact (or raw-data input) in an ancestry tree."""
+
+    name: str
+    uri: str
+    digest: str
+    record: dict[str, Any] | None
+    dvc_md5: str | None = None
+    parents: list["Node"] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if self.record is None:
+            return f"raw data {self.uri}"
+        return f"{self.record.get('stage')} [{self.record['artifact'].get('kind')}] {self.uri}"
+
+
+def _resolve(uri: str, base: Path | None) -> str:
+    parsed = parse_uri(uri)
+    if parsed.is_s3 or base is None or parsed.local_path.is_absolute():
+        return uri
+    return str(base / parsed.local_path)
+
+
+def load_tree(uri: str, name: str = "artifact", base: Path | None = None, _seen: dict[str, Node] | None = None) -> Node:
+    """Ancestry of ``uri``; relative input URIs are resolved against ``base`` (the directory the stages ran in)."""
+    seen = {} if _seen is None else _seen
+    resolved = _resolve(uri, base)
+    if resolved in seen:
+        return seen[resolved]
+    art = open_input(name, resolved, require_artifact=False)
+    node = Node(name, uri, art.digest, art.lineage)
+    seen[resolved] = node
+    if art.lineage is None:
+        ref = art.ref()
+        node.dvc_md5 = ref.extra.get("dvc_md5")
+        return node
+    for inp in art.lineage.get("inputs", []):
+        parent = load_tree(inp["uri"], inp["name"], base, seen)
+        parent.dvc_md5 = parent.dvc_md5 or inp.get("dvc_md5")
+        node.parents.append(parent)
+    return node
+
+
+def verify(uri: str, base: Path | None = None) -> list[str]:
+    """Re-hash the artifact and every ancestor; raise ArtifactError naming the first mismatch."""
+    checked: list[str] = []
+    _verify(uri, "artifact", None, base, checked, set())
+    return checked
+
+
+def _verify(uri: str, name: str, expected: str | None, base: Path | None, checked: list[str], seen: set[str]) -> None:
+    resolved = _resolve(uri, base)
+    if resolved in seen:
+        return
+    seen.add(resolved)
+    art = open_input(name, resolved, require_artifact=False, fresh=True)
+    if art.lineage is None:
+        if expected is not None and art.digest != expected:
+            raise ArtifactError(f"{uri}: raw input {name!r} changed: digest {art.digest}, lineage recorded {expected}")
+        checked.append(uri)
+        return
+    files = art.lineage["artifact"]["files"]
+    for rel, digest in sorted(files.items()):
+        path = art.path / rel
+        if not path.is_file():
+            raise ArtifactError(f"{uri}: file {rel} listed in {LINEAGE_FILE} is missing")
+        got = file_sha256(path)
+        if got != digest:
+            raise ArtifactError(f"{uri}: file {rel} changed: sha256 {got}, lineage recorded {digest}")
+    extra = sorted(set(tree_digests(art.path, exclude=frozenset({LINEAGE_FILE}))) - set(files)) if art.path.is_dir() else []
+    if extra and not parse_uri(resolved).is_s3:
+        raise ArtifactError(f"{uri}: file {extra[0]} is not listed in {LINEAGE_FILE}")
+    if combined_digest(files) != art.lineage["artifact"]["digest"]:
+        raise ArtifactError(f"{uri}: artifact digest does not match its file list in {LINEAGE_FILE}")
+    if expected is not None and art.lineage["artifact"]["digest"] != expected:
+        raise ArtifactError(f"{uri}: artifact {name!r} was replaced: digest {art.lineage['artifact']['digest']}, "
+                            f"its child recorded {expected}")
+    checked.append(uri)
+    for inp in art.lineage.get("inputs", []):
+        _verify(inp["uri"], inp["name"], inp["digest"], base, checked, seen)
+
+
+def render_text(node: Node, indent: str = "", last: bool = True, top: bool = True) -> list[str]:
+    branch = "" if top else ("└── " if last else "├── ")
+    lines = [f"{indent}{branch}{node.name}: {node.label}"]
+    child_indent = indent + ("" if top else ("    " if last else "│   "))
+    details = [f"digest {node.digest}"]
+    if node.record:
+        rec = node.record
+        code = rec.get("code", {})
+        runtime = rec.get("runtime", {})
+        details.append(f"code {code.get('version')} @ {code.get('git_commit') or 'unknown'}"
+                       + (" (dirty)" if code.get("git_dirty") else ""))
+        details.append(f"params {rec.get('params_digest')}  seed {rec.get('seed')}")
+        details.append(f"ran {rec.get('started')} .. {rec.get('finished')} via {runtime.get('orchestrator')}"
+                       + (f" run {runtime['run_id']}" if runtime.get("run_id") else "")
+                       + (f" image {runtime['image']}" if runtime.get("image") else ""))
+    if node.dvc_md5:
+        details.append(f"data.dvc md5 {node.dvc_md5}")
+    for d in details:
+        lines.append(f"{child_indent}{'    ' if node.parents == [] else '│   '}{d}" if not top else f"    {d}")
+    for i, parent in enumerate(node.parents):
+        lines += render_text(parent, child_indent, i == len(node.parents) - 1, top=False)
+    return lines
+
+
+def render_graph(node: Node, fmt: str) -> str:
+    ids: dict[int, str] = {}
+    nodes: list[Node] = []
+
+    def visit(n: Node) -> None:
+        if id(n) in ids:
+            return
+        ids[id(n)] = f"n{len(ids)}"
+        nodes.append(n)
+        for p in n.parents:
+            visit(p)
+
+    visit(node)
+    edges = [(ids[id(p)], ids[id(n)], p.name) for n in nodes for p in n.parents]
+    short = {ids[id(n)]: f"{n.label}\\n{n.digest[:19]}" for n in nodes}
+    if fmt == "mermaid":
+        out = ["flowchart LR"]
+        out += [f'  {nid}["{text.replace(chr(34), chr(39))}"]' for nid, text in short.items()]
+        out += [f"  {a} -->|{label}| {b}" for a, b, label in edges]
+        return "\n".join(out) + "\n"
+    if fmt == "dot":
+        out = ["digraph lineage {", "  rankdir=LR;", "  node [shape=box];"]
+        out += [f'  {nid} [label="{text.replace(chr(34), chr(39))}"];' for nid, text in short.items()]
+        out += [f'  {a} -> {b} [label="{label}"];' for a, b, label in edges]
+        return "\n".join(out) + "\n}\n"
+    raise ArtifactError(f"unknown graph format {fmt!r}: expected mermaid or dot")

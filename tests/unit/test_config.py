@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+
+from reidflow.config import StrictModel, apply_override, load_params, params_digest, section
+from reidflow.errors import ConfigError
+
+
+class Demo(StrictModel):
+    lr: float = Field(0.1, gt=0)
+    epochs: int = 3
+    names: list[str] = Field(default_factory=list)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    p = write(tmp_path, "train:\n  lr: 0.5\n  names: [a, b]\n")
+    params = load_params(p, ["train.epochs=7", "train.names.1=c"])
+    cfg = section(params, "train", Demo, source=str(p))
+    assert cfg.epochs == 7 and cfg.lr == 0.5 and cfg.names == ["a", "c"]
+
+
+def test_unknown_key_names_file_and_dotted_key(tmp_path):
+    p = write(tmp_path, "train:\n  lrr: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        section(load_params(p), "train", Demo, source=str(p))
+    assert str(p) in str(err.value) and "train.lrr" in str(err.value)
+
+
+def test_bad_value_names_key_and_value(tmp_path):
+    p = write(tmp_path, "train:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"train\.lr.*greater than 0.*-1"):
+        section(load_params(p), "train", Demo, source=str(p))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(write(tmp_path, "a: [1, 2\n"))
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_override({}, "train.lr")
+    with pytest.raises(ConfigError, match="is a value, not a mapping"):
+        apply_override({"train": {"lr": 1}}, "train.lr.x=2")
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_override({"a": [1]}, "a.3=2")
+
+
+def test_params_digest_is_order_independent():
+    assert params_digest({"a": 1, "b": [1, 2]}) == params_digest({"b": [1, 2], "a": 1})
+    assert params_digest({"a": 1}) != params_digest({"a": 2})
