@@ -9,7 +9,7 @@ from pydantic import Field
 
 from reidflow.config import StrictModel, params_digest
 from reidflow.errors import ConfigError
-from reidflow.obs.progress import progress_callback
+from reidflow.obs.progress import Progress
 from reidflow.store.artifacts import open_input, write_artifact
 from reidflow.store.lineage import RunContext
 
@@ -48,14 +48,19 @@ def run(cfg: ShardConfig, dataset: str, src: DatasetSource, output: str | Path,
     resolved = {"shard": cfg.model_dump(), "dataset": {"name": dataset, **src.model_dump()}}
     with write_artifact(output, kind="shards", stage="shard", params=resolved,
                         params_digest=params_digest(resolved), seed=None, inputs=[raw], ctx=ctx) as art:
-        with progress_callback(f"shard {dataset}") as progress:
+        with Progress(len(samples), f"shard {dataset}", unit="img") as bar:
             result = write_shards(samples, art.path, dataset=dataset, root=raw.path,
                                   shard_max_bytes=int(cfg.shard_max_mb * 2**20), skip_bad=cfg.skip_bad,
-                                  progress=progress)
+                                  progress=bar.callback())
         art.metrics = _card_metrics(result)
     return Path(str(output))
 
 
 def _card_metrics(result: Any) -> dict[str, Any]:
-    summary = getattr(result, "summary", None)
-    return summary() if callable(summary) else {}
+    """Headline numbers of the shard run (the full card is in <dataset>/dataset_card.json)."""
+    import json
+
+    card = json.loads(Path(result.card_json).read_text())
+    return {"num_samples": result.num_samples, "num_shards": len(result.shards),
+            "converted": len(result.converted), "skipped": len(result.skipped),
+            "splits": card.get("splits", card.get("counts", {}))}

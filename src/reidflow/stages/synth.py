@@ -9,14 +9,15 @@ from pydantic import Field
 
 from reidflow.config import StrictModel, params_digest
 from reidflow.errors import ConfigError
-from reidflow.obs.progress import progress_callback
+from reidflow.obs.progress import Progress
 from reidflow.store.artifacts import write_artifact
 from reidflow.store.lineage import RunContext
 
 
 class SynthDomain(StrictModel):
     preset: str = Field(description="preset name or path to a domain-style YAML file")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="DomainSpec fields to override")
+    overrides: dict[str, Any] = Field(default_factory=dict,
+                                      description="DomainSpec overrides by dotted key, e.g. style.noise_std")
 
 
 class SynthConfig(StrictModel):
@@ -26,17 +27,17 @@ class SynthConfig(StrictModel):
 
 
 def resolve_domains(cfg: SynthConfig) -> list[Any]:
-    from reidflow.data.synth import resolve_spec
+    """Presets (or spec files) with their dotted-key overrides applied and validated."""
+    from reidflow.data.synth.spec import override_spec, resolve_spec
 
     specs = []
     for i, dom in enumerate(cfg.domains):
         spec = resolve_spec(dom.preset)
         if dom.overrides:
-            unknown = sorted(set(dom.overrides) - set(type(spec).model_fields))
-            if unknown:
-                raise ConfigError(f"synth.domains.{i}.overrides: unknown DomainSpec field(s) {unknown}; "
-                                  f"known: {sorted(type(spec).model_fields)}")
-            spec = type(spec).model_validate({**spec.model_dump(), **dom.overrides})
+            try:
+                spec = override_spec(spec, dom.overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"synth.domains.{i}.overrides: {exc}") from None
         specs.append(spec)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -54,7 +55,7 @@ def run(cfg: SynthConfig, output: str | Path, ctx: RunContext | None = None) -> 
     with write_artifact(output, kind="raw-dataset", stage="synth", params=resolved,
                         params_digest=params_digest(resolved), seed=cfg.seed, inputs=[], ctx=ctx) as art:
         for spec in specs:
-            with progress_callback(f"synth {spec.name}") as progress:
-                generate_domain(spec, art.path, seed=cfg.seed, workers=cfg.workers, progress=progress)
+            with Progress(None, f"synth {spec.name}", unit="img") as bar:
+                generate_domain(spec, art.path, seed=cfg.seed, workers=cfg.workers, progress=bar.callback())
         art.metrics = {"domains": [s.name for s in specs]}
     return Path(str(output))

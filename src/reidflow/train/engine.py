@@ -1,0 +1,767 @@
+"""The one training loop.
+
+Every method (source pretraining, MetaBIN, SDA's GAN, MMT+, the camera classifier) is a
+:class:`Method`: it owns its state (modules, optimizers, schedulers, EMA copies, queues) and a
+``step()``; the :class:`Engine` owns everything around it: devices, AMP, DDP, the data position,
+learning-rate stepping, the NaN/Inf guard, checkpoints, exact resume and hooks.
+
+Writing a method
+----------------
+``modules()``
+    Every ``nn.Module`` with weights or buffers worth saving, by name (names become file names:
+    ``[A-Za-z0-9_.-]+``). The engine moves them to the device; those with at least one
+    ``requires_grad`` parameter are wrapped in DistributedDataParallel under torchrun. In
+    ``step()``, call modules through ``ctx.module(name)`` (the DDP wrapper when distributed, so
+    gradients are averaged) and use ``ctx.unwrap(name)`` for the raw module (attributes,
+    ``torch.func.functional_call``, EMA updates). Frozen modules (EMA teachers) are never wrapped.
+``optimizers()`` / ``schedulers()``
+    By name. Schedulers are stepped by the engine once per iteration, after ``step()``; build them
+    per iteration (see :mod:`reidflow.train.optim`). Use the same names for an optimizer and its
+    scheduler when that reads well; they are independent dicts.
+``step(batch, ctx) -> dict[str, float | Tensor]``
+    One iteration on ``batch`` (already on ``ctx.device``). Forward inside ``with ctx.autocast():``
+    and update with ``ctx.backward_and_step(loss, "optimizer_name")`` as many times as the method
+    needs (MetaBIN: base step then meta step on two optimizers; a GAN: discriminator then
+    generator). Return scalar losses/metrics to log (tensors are fine; they are averaged over
+    ranks). Every rank must return the same keys. Random augmentation belongs here, on the device,
+    with torch's global RNG, so a resumed run draws exactly the same numbers.
+Optional
+    ``extra_state() -> dict`` and ``load_extra_state(d)``: JSON-able values (tensors and NumPy
+    arrays allowed) that are not module weights, e.g. MetaBIN's inner-step counter or MMT's number
+    of clusters. On resume ``load_extra_state`` runs *before* weights are loaded, so the method can
+    re-shape modules (e.g. a classifier sized by the number of pseudo identities) first.
+    ``on_epoch_start(epoch, ctx)``: called when an epoch starts from its first batch (not when a
+    run resumes in the middle of an epoch: that state must be in the checkpoint). If it replaces
+    modules or optimizers (MMT re-clustering), it calls ``ctx.refresh()`` afterwards.
+
+``backward_and_step(loss, optimizer_name, params=None, retain_graph=False, sync_grads=False)``
+    ``loss`` is a tensor or a dict of named terms (summed; a non-finite term is reported by name).
+    Order: check the loss is finite -> zero the optimizer's grads -> backward (scaled under fp16;
+    ``params`` restricts which tensors receive gradients, e.g. only the gates rho) -> optionally
+    average grads over ranks (``sync_grads=True`` when the forward bypassed DDP via ``unwrap``)
+    -> unscale -> check the grad norm is finite -> clip (norm or value, from the config) ->
+    optimizer.step -> zero_grad. A non-finite loss or gradient raises :class:`TrainingDiverged`
+    before any weight changes (under fp16 a non-finite gradient is the GradScaler's business: the
+    step is skipped and the scale lowered). Under DDP, ``params`` must cover every trainable
+    parameter of any DDP-wrapped module the loss went through, or DDP waits for the missing grads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
+
+from reidflow.config import StrictModel
+from reidflow.errors import ConfigError, DataError, ReidflowError
+from reidflow.train import checkpoint as ckpt_io
+from reidflow.train import distributed as ddp
+from reidflow.train.hooks import Hook, LoggingHook, MetricsHistoryHook, ProgressHook, RunInfo, StepInfo
+
+log = logging.getLogger("reidflow.train")
+
+
+class TrainingDiverged(ReidflowError):
+    """A loss or gradient became NaN/Inf; training stopped before applying it."""
+
+    def __init__(self, iteration: int, what: str, value: float, last_checkpoint: Path | None) -> None:
+        self.iteration = iteration
+        self.what = what
+        self.value = value
+        self.last_checkpoint = last_checkpoint
+        kept = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+        super().__init__(
+            f"training diverged at iteration {iteration}: {what} is {value} ({kept}, left intact)"
+        )
+
+
+class EngineConfig(StrictModel):
+    """How to run the loop (not what to learn: that is the method's config).
+
+    Length: ``epochs`` × iterations per epoch, or ``max_iters``; with both, training stops at
+    whichever comes first (that is how a run is cut short and later resumed). Iterations per epoch
+    are ``len(loader)`` capped by ``iters_per_epoch``. ``checkpoint_every`` counts iterations;
+    a checkpoint is also written at the end. ``amp='auto'`` is bf16 on CUDA when supported, else
+    fp16; on CPU it is off (bf16 CPU autocast is slow without AMX and changes the numbers).
+    """
+
+    epochs: int | None = Field(None, ge=1)
+    max_iters: int | None = Field(None, ge=1)
+    iters_per_epoch: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["off", "bf16", "fp16", "auto"] = "off"
+    grad_clip: float | None = Field(None, gt=0)
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_last: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+    sync_bn: bool = False
+    deterministic: bool = False
+    find_unused_parameters: bool = False
+
+    @model_validator(mode="after")
+    def _check_length(self) -> EngineConfig:
+        if self.epochs is None and self.max_iters is None:
+            raise ValueError("set 'epochs' or 'max_iters' (or both: training stops at the first reached)")
+        return self
+
+    def epoch_length(self, batches_per_epoch: int) -> int:
+        """Iterations per epoch for a sampler with ``batches_per_epoch`` (what schedules are built on)."""
+        if batches_per_epoch < 1:
+            raise DataError(
+                f"engine: the batch sampler yields {batches_per_epoch} batches per epoch; expected >= 1"
+            )
+        return min(batches_per_epoch, self.iters_per_epoch or batches_per_epoch)
+
+    def total_iters(self, batches_per_epoch: int) -> int:
+        """Length of the run in iterations (see the class docstring)."""
+        per_epoch = self.epoch_length(batches_per_epoch)
+        lengths = [n for n in (self.epochs and self.epochs * per_epoch, self.max_iters) if n]
+        return min(lengths)
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A training method: its state plus one iteration. See the module docstring."""
+
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    def optimizers(self) -> dict[str, Optimizer]: ...
+
+    def schedulers(self) -> dict[str, LRScheduler]: ...
+
+    def step(self, batch: Any, ctx: StepContext) -> dict[str, float | Tensor]: ...
+
+
+@dataclass
+class TrainResult:
+    final_iteration: int
+    start_iteration: int
+    history: list[dict[str, Any]]
+    wall_time_s: float
+    samples: int
+    samples_per_s: float
+    checkpoint: Path | None
+    resumed_from: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# small pure helpers
+
+
+def derive_seed(seed: int, rank: int) -> int:
+    """``seed`` on rank 0; an independent stream per other rank."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "engine.device='cuda' but CUDA is not available on this machine; use 'auto' or 'cpu'"
+        )
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
+    if choice == "off":
+        return None
+    if device.type == "cpu":
+        if choice == "fp16":
+            raise ConfigError("engine.amp='fp16' needs CUDA; use 'bf16' (or 'off') on CPU")
+        return torch.bfloat16 if choice == "bf16" else None
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if choice == "bf16" and not bf16_ok:
+        raise ConfigError(
+            f"engine.amp='bf16' but {torch.cuda.get_device_name(device)} has no bf16 support; use fp16"
+        )
+    if choice == "auto":
+        return torch.bfloat16 if bf16_ok else torch.float16
+    return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors in (nested) dicts/lists/tuples to ``device``; pinned tensors copy asynchronously."""
+    if isinstance(batch, Tensor):
+        if batch.device == device:
+            return batch
+        return batch.to(device, non_blocking=device.type == "cuda" and batch.is_pinned())
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Leading dimension of the first tensor found in the batch (0 when there is none)."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    values = (
+        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else []
+    )
+    for value in values:
+        size = batch_size_of(value)
+        if size:
+            return size
+    return 0
+
+
+def _params_of(optimizer: Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _total_loss(loss: Tensor | Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    if isinstance(loss, Tensor):
+        return loss, {}
+    if not isinstance(loss, Mapping) or not loss:
+        raise ConfigError(
+            f"backward_and_step: loss must be a tensor or a non-empty dict of tensors, got {loss!r}"
+        )
+    terms = dict(loss)
+    total = sum(terms.values())
+    assert isinstance(total, Tensor)
+    return total, terms
+
+
+# ---------------------------------------------------------------------------------------------
+# the context a method's step() sees
+
+
+class StepContext:
+    """The engine's services for one method; the same object is passed to every ``step()``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.iteration = 0  # 0-based index of the current step (= iterations completed before it)
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.grad_norms: dict[str, float] = {}
+
+    # -- facts
+    @property
+    def device(self) -> torch.device:
+        return self._engine.device
+
+    @property
+    def rank(self) -> int:
+        return self._engine.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._engine.dist.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self._engine.dist.is_main
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return self._engine.iters_per_epoch
+
+    @property
+    def max_iters(self) -> int:
+        return self._engine.max_iters
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return self._engine.amp_dtype
+
+    # -- modules
+    def module(self, name: str) -> nn.Module:
+        """The module to call in forward: the DDP wrapper when distributed and trainable."""
+        return self._lookup(self._engine.wrapped, name, "module")
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The raw module (never a DDP wrapper)."""
+        return self._lookup(self._engine.raw_modules, name, "module")
+
+    def optimizer(self, name: str) -> Optimizer:
+        return self._lookup(self._engine.optimizers, name, "optimizer")
+
+    @staticmethod
+    def _lookup(table: Mapping[str, Any], name: str, kind: str) -> Any:
+        try:
+            return table[name]
+        except KeyError:
+            raise ConfigError(
+                f"step context: no {kind} named {name!r}; the method declares {sorted(table)}"
+            ) from None
+
+    def refresh(self) -> None:
+        """Re-read ``modules()/optimizers()/schedulers()`` after the method replaced some."""
+        self._engine.bind()
+
+    # -- numerics
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for the forward pass (no-op when AMP is off)."""
+        dtype = self._engine.amp_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def all_reduce_mean(self, value: Tensor) -> Tensor:
+        return ddp.all_reduce_mean(value)
+
+    def backward_and_step(
+        self,
+        loss: Tensor | Mapping[str, Tensor],
+        optimizer: str,
+        params: Sequence[Tensor] | None = None,
+        retain_graph: bool = False,
+        sync_grads: bool = False,
+    ) -> None:
+        """Backward, guard, clip, step and zero one optimizer (see the module docstring)."""
+        opt = self.optimizer(optimizer)
+        engine = self._engine
+        total, terms = _total_loss(loss)
+        self._check_loss(total, terms, optimizer)
+        opt.zero_grad(set_to_none=True)
+        scaler = engine.scaler
+        to_backward = scaler.scale(total) if scaler is not None else total
+        to_backward.backward(retain_graph=retain_graph, inputs=list(params) if params is not None else None)
+        stepped = [p for p in _params_of(opt) if p.grad is not None]
+        if sync_grads:
+            ddp.all_reduce_grads_mean(stepped)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        norm = self._grad_norm_and_clip(stepped)
+        self.grad_norms[optimizer] = norm
+        if not math.isfinite(norm) and scaler is None:
+            raise TrainingDiverged(
+                self.iteration, f"the gradient norm of optimizer {optimizer!r}", norm, engine.last_checkpoint
+            )
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def _check_loss(self, total: Tensor, terms: Mapping[str, Tensor], optimizer: str) -> None:
+        if total.numel() != 1:
+            raise ConfigError(
+                f"backward_and_step({optimizer!r}): loss must be a scalar, got shape {tuple(total.shape)}"
+            )
+        value = float(total.detach())
+        if math.isfinite(value):
+            return
+        for name, term in terms.items():
+            term_value = float(term.detach().float().sum())
+            if not math.isfinite(term_value):
+                raise TrainingDiverged(
+                    self.iteration,
+                    f"loss term {name!r} (optimizer {optimizer!r})",
+                    term_value,
+                    self._engine.last_checkpoint,
+                )
+        raise TrainingDiverged(
+            self.iteration, f"the loss of optimizer {optimizer!r}", value, self._engine.last_checkpoint
+        )
+
+    def _grad_norm_and_clip(self, params: list[Tensor]) -> float:
+        if not params:
+            return 0.0
+        cfg = self._engine.cfg
+        grads = [p.grad for p in params if p.grad is not None]
+        if cfg.grad_clip is not None and cfg.grad_clip_mode == "norm":
+            norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            norm = nn.utils.get_total_norm(grads)
+            if cfg.grad_clip is not None and math.isfinite(float(norm)):
+                nn.utils.clip_grad_value_(params, cfg.grad_clip)
+        return float(norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+class Engine:
+    """Runs a :class:`Method` over a DataLoader whose batch sampler supports resume.
+
+    The loader must be built with ``batch_sampler=`` an object with ``set_epoch(epoch)``,
+    ``skip(num_batches)``, ``__iter__`` (lists of indices) and ``__len__`` (batches per epoch,
+    equal on every rank). The engine calls ``set_epoch`` at every epoch start and ``skip`` when
+    resuming inside an epoch.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        loader: DataLoader,
+        cfg: EngineConfig,
+        checkpoint_dir: str | Path | None = None,
+        hooks: Sequence[Hook] = (),
+        default_hooks: bool = True,
+    ) -> None:
+        missing = [
+            f"{a}()"
+            for a in ("modules", "optimizers", "schedulers", "step")
+            if not callable(getattr(method, a, None))
+        ]
+        if missing:
+            raise ConfigError(
+                f"engine: the method {type(method).__name__} lacks {', '.join(missing)} "
+                "(see reidflow.train.engine.Method)"
+            )
+        self.method = method
+        self.loader = loader
+        self.cfg = cfg
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.history = MetricsHistoryHook()
+        self.hooks: list[Hook] = [self.history]
+        if default_hooks:
+            self.hooks += [LoggingHook(every=cfg.log_every), ProgressHook()]
+        self.hooks += list(hooks)
+        self.sampler = self._check_sampler(loader)
+        self.dist = ddp.current()
+        self.device = torch.device("cpu")
+        self.amp_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.raw_modules: dict[str, nn.Module] = {}
+        self.wrapped: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, Optimizer] = {}
+        self.schedulers: dict[str, LRScheduler] = {}
+        self.iters_per_epoch = 0
+        self.max_iters = 0
+        self.last_checkpoint: Path | None = None
+        self.ctx = StepContext(self)
+
+    @staticmethod
+    def _check_sampler(loader: DataLoader) -> Any:
+        sampler = getattr(loader, "batch_sampler", None)
+        missing = [m for m in ("set_epoch", "skip", "__len__") if not callable(getattr(sampler, m, None))]
+        if sampler is None or missing:
+            raise ConfigError(
+                f"engine: the DataLoader's batch_sampler ({type(sampler).__name__}) lacks {missing}; build the loader "
+                "as DataLoader(dataset, batch_sampler=<a reidflow sampler with set_epoch/skip/__len__>)"
+            )
+        return sampler
+
+    # -- setup
+    def bind(self) -> None:
+        """(Re)read the method's modules/optimizers/schedulers; move to device; wrap for DDP."""
+        modules = self.method.modules()
+        for name in modules:
+            ckpt_io.check_name("module", name)
+        for name in self.method.optimizers():
+            ckpt_io.check_name("optimizer", name)
+        self.raw_modules, self.wrapped = {}, {}
+        for name, module in modules.items():
+            module.to(self.device)
+            if self.dist.distributed and ddp.has_trainable_parameters(module):
+                wrapper = ddp.wrap_ddp(
+                    module,
+                    self.device,
+                    sync_bn=self.cfg.sync_bn,
+                    find_unused_parameters=self.cfg.find_unused_parameters,
+                )
+                self.wrapped[name] = wrapper
+                self.raw_modules[name] = wrapper.module
+            else:
+                self.wrapped[name] = module
+                self.raw_modules[name] = module
+        self.optimizers = dict(self.method.optimizers())
+        self.schedulers = dict(self.method.schedulers())
+
+    def _plan_length(self) -> None:
+        self.iters_per_epoch = self.cfg.epoch_length(len(self.sampler))
+        self.max_iters = self.cfg.total_iters(len(self.sampler))
+
+    # -- checkpoints
+    def _training_state(self, iteration: int) -> ckpt_io.TrainingState:
+        extra = getattr(self.method, "extra_state", None)
+        epoch, batch = divmod(iteration, self.iters_per_epoch)
+        return ckpt_io.TrainingState(
+            iteration=iteration,
+            epoch=epoch,
+            batch_in_epoch=batch,
+            modules=self.raw_modules,
+            optimizers=self.optimizers,
+            schedulers=self.schedulers,
+            scaler=self.scaler,
+            extra_state=extra() if callable(extra) else {},
+            rng_states=ddp.gather_objects(ckpt_io.capture_rng_state()),
+            metadata={
+                "world_size": self.dist.world_size,
+                "iters_per_epoch": self.iters_per_epoch,
+                "max_iters": self.max_iters,
+                "seed": self.cfg.seed,
+            },
+        )
+
+    def _assert_finite_weights(self, iteration: int) -> None:
+        for name, module in self.raw_modules.items():
+            for key, tensor in module.state_dict().items():
+                if (
+                    isinstance(tensor, Tensor)
+                    and tensor.is_floating_point()
+                    and not torch.isfinite(tensor).all()
+                ):
+                    raise TrainingDiverged(
+                        iteration, f"{name}.{key} (a weight)", float("nan"), self.last_checkpoint
+                    )
+
+    def save_checkpoint(self, iteration: int) -> Path | None:
+        """Write a checkpoint of the current state (rank 0 writes; every rank takes part)."""
+        if self.checkpoint_dir is None:
+            return None
+        self._assert_finite_weights(iteration)
+        state = self._training_state(iteration)
+        path = None
+        if self.dist.is_main:
+            path = ckpt_io.save_checkpoint(self.checkpoint_dir, state, keep_last=self.cfg.keep_last)
+        ddp.barrier()
+        self.last_checkpoint = path or self.checkpoint_dir / ckpt_io.checkpoint_dir_name(iteration)
+        return self.last_checkpoint
+
+    def _find_resume_point(self, resume: bool) -> ckpt_io.Checkpoint | None:
+        existing = ckpt_io.latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+        if not resume:
+            if existing is not None:
+                raise ConfigError(
+                    f"{self.checkpoint_dir}: already holds checkpoints (latest {existing.name}); resume=True to "
+                    "continue them, or use an empty checkpoint directory"
+                )
+            return None
+        if self.checkpoint_dir is None:
+            raise ConfigError("engine: resume=True needs a checkpoint_dir")
+        if existing is None:
+            log.info("resume requested but %s holds no checkpoint; starting fresh", self.checkpoint_dir)
+            return None
+        return ckpt_io.load_checkpoint(existing)
+
+    def _restore(self, ckpt: ckpt_io.Checkpoint) -> None:
+        ckpt_io.restore(ckpt, self.raw_modules, self.optimizers, self.schedulers, self.scaler)
+        saved_world = int(ckpt.metadata.get("world_size", 1))
+        if saved_world == self.dist.world_size and len(ckpt.rng_states) == saved_world:
+            ckpt_io.restore_rng_state(ckpt.rng_states[self.dist.rank])
+        else:
+            log.warning(
+                "%s was written by %d process(es), now %d: RNG streams are re-seeded, so random augmentation "
+                "will not repeat exactly",
+                ckpt.path,
+                saved_world,
+                self.dist.world_size,
+            )
+            seed_everything(derive_seed(self.cfg.seed + ckpt.iteration, self.dist.rank))
+        self.last_checkpoint = ckpt.path
+
+    # -- the loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to the configured length; with ``resume`` continue from the latest checkpoint."""
+        self.dist = ddp.current()
+        self.device = resolve_device(self.cfg.device, self.dist.local_rank)
+        self.amp_dtype = resolve_amp(self.cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        configure_determinism(self.cfg.deterministic, self.device)
+        self._plan_length()
+        ckpt = self._find_resume_point(resume)
+        if ckpt is not None:
+            load_extra = getattr(self.method, "load_extra_state", None)
+            if callable(load_extra):
+                load_extra(ckpt.extra_state)
+        self.bind()
+        if ckpt is not None:
+            self._restore(ckpt)
+            start = ckpt.iteration
+        else:
+            seed_everything(derive_seed(self.cfg.seed, self.dist.rank))
+            for name, module in self.raw_modules.items():
+                if self.wrapped[name] is module:  # DDP wrappers broadcast their own weights
+                    ddp.broadcast_module(module)
+            start = 0
+        run = RunInfo(
+            start,
+            self.max_iters,
+            self.iters_per_epoch,
+            self.dist.rank,
+            self.dist.world_size,
+            str(ckpt.path) if ckpt else None,
+            self.raw_modules,
+        )
+        self._call_hooks("before_train", run)
+        started = time.perf_counter()
+        try:
+            iteration, samples = self._loop(start, started)
+            if self.last_checkpoint is None or self.last_checkpoint.name != ckpt_io.checkpoint_dir_name(
+                iteration
+            ):
+                self.save_checkpoint(iteration)
+        except BaseException as error:
+            self._call_hooks("on_error", error)
+            raise
+        wall = time.perf_counter() - started
+        result = TrainResult(
+            final_iteration=iteration,
+            start_iteration=start,
+            history=self.history.records,
+            wall_time_s=wall,
+            samples=samples,
+            samples_per_s=samples / wall if wall > 0 else 0.0,
+            checkpoint=self.last_checkpoint if self.checkpoint_dir else None,
+            resumed_from=ckpt.path if ckpt else None,
+        )
+        self._call_hooks("after_train", result)
+        return result
+
+    def _loop(self, start: int, started: float) -> tuple[int, int]:
+        iteration, samples_total = start, 0
+        on_epoch_start = getattr(self.method, "on_epoch_start", None)
+        while iteration < self.max_iters:
+            epoch, first_batch = divmod(iteration, self.iters_per_epoch)
+            self.ctx.epoch = epoch
+            self.sampler.set_epoch(epoch)
+            if first_batch:
+                self.sampler.skip(first_batch)
+            elif callable(on_epoch_start):
+                self.ctx.iteration, self.ctx.batch_in_epoch = iteration, 0
+                on_epoch_start(epoch, self.ctx)
+            last_step: StepInfo | None = None
+            for batch_index, batch in zip(
+                range(first_batch, self.iters_per_epoch), self._batches(epoch, first_batch)
+            ):
+                last_step = self._one_step(batch, iteration, epoch, batch_index, samples_total, started)
+                iteration, samples_total = last_step.iteration, last_step.samples_total
+                self._call_hooks("after_step", last_step)
+                if (
+                    self.cfg.checkpoint_every
+                    and iteration % self.cfg.checkpoint_every == 0
+                    and iteration < self.max_iters
+                ):
+                    self.save_checkpoint(iteration)
+                if iteration >= self.max_iters:
+                    break
+            if last_step is not None and last_step.batch_in_epoch == self.iters_per_epoch - 1:
+                self._call_hooks("after_epoch", epoch, last_step)
+        return iteration, samples_total
+
+    def _batches(self, epoch: int, first_batch: int) -> Iterator[Any]:
+        # Creating a DataLoader iterator draws a worker base seed from torch's global RNG; fork
+        # the RNG so that draw does not shift the stream the method's augmentation uses (a resumed
+        # run creates its iterator at a different point than an uninterrupted one).
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(self.loader)
+        expected = self.iters_per_epoch - first_batch
+        produced = 0
+        try:
+            for batch in iterator:
+                produced += 1
+                yield move_to_device(batch, self.device)
+                if produced >= expected:
+                    return
+        finally:
+            del iterator
+        if produced < expected:
+            raise DataError(
+                f"engine: the batch sampler yielded {first_batch + produced} batches in epoch {epoch}, but "
+                f"len() promised {len(self.sampler)} (iterations per epoch {self.iters_per_epoch})"
+            )
+
+    def _one_step(
+        self, batch: Any, iteration: int, epoch: int, batch_index: int, samples_total: int, started: float
+    ) -> StepInfo:
+        ctx = self.ctx
+        ctx.iteration, ctx.epoch, ctx.batch_in_epoch = iteration, epoch, batch_index
+        ctx.grad_norms = {}
+        lrs = self._current_lrs()
+        t0 = time.perf_counter()
+        raw = self.method.step(batch, ctx)
+        if not isinstance(raw, Mapping):
+            raise ConfigError(
+                f"{type(self.method).__name__}.step() must return a dict of losses/metrics, got {type(raw).__name__}"
+            )
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        metrics = self._reduce_metrics(raw)
+        metrics.update({f"grad_norm/{k}": v for k, v in ctx.grad_norms.items()})
+        samples = batch_size_of(batch) * self.dist.world_size
+        return StepInfo(
+            iteration=iteration + 1,
+            epoch=epoch,
+            batch_in_epoch=batch_index,
+            max_iters=self.max_iters,
+            metrics=metrics,
+            lrs=lrs,
+            step_seconds=time.perf_counter() - t0,
+            samples=samples,
+            samples_total=samples_total + samples,
+            elapsed_seconds=time.perf_counter() - started,
+        )
+
+    def _current_lrs(self) -> dict[str, float]:
+        lrs = {}
+        for name, optimizer in self.optimizers.items():
+            for i, group in enumerate(optimizer.param_groups):
+                lrs[name if i == 0 else f"{name}.{i}"] = float(group["lr"])
+        return lrs
+
+    def _reduce_metrics(self, raw: Mapping[str, float | Tensor]) -> dict[str, float]:
+        if not raw:
+            return {}
+        values = []
+        for key, value in raw.items():
+            if isinstance(value, Tensor):
+                if value.numel() != 1:
+                    raise ConfigError(
+                        f"{type(self.method).__name__}.step(): metric {key!r} has shape "
+                        f"{tuple(value.shape)}; expected a scalar"
+                    )
+                values.append(value.detach().reshape(()).to(self.device, torch.float64))
+            elif isinstance(value, (int, float)):
+                values.append(torch.tensor(float(value), dtype=torch.float64, device=self.device))
+            else:
+                raise ConfigError(
+                    f"{type(self.method).__name__}.step(): metric {key!r} is a {type(value).__name__}; "
+                    "expected a float or a scalar tensor"
+                )
+        stacked = ddp.all_reduce_mean(torch.stack(values)) if self.dist.distributed else torch.stack(values)
+        return dict(zip(raw.keys(), stacked.tolist(), strict=True))
+
+    def _call_hooks(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            if hook.all_ranks or self.dist.is_main:
+                getattr(hook, event)(*args)
