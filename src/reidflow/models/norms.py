@@ -1,0 +1,220 @@
+"""One factory for every 2-d normalization layer of a backbone.
+
+Backbones never instantiate a norm class directly: they call :func:`make_norm` with the kind they
+were given, so a method that changes normalization (IN, IBN, BIN, MetaBIN, DSBN) only registers a
+builder with :func:`register_norm` and never edits backbone code.
+
+Built-in kinds:
+
+``bn``   plain :class:`torch.nn.BatchNorm2d` (keys identical to public checkpoints).
+``in``   affine instance norm; always instance statistics, in training and at eval.
+``ibn``  IBN-a split (Pan et al. 2018): the first ``in_ratio`` of the channels (default half) go
+         through IN, the rest through BN; children ``inorm`` and ``bn``.
+``bin``  batch-instance norm (Nam & Kim 2018): ``y = γ(ρ·x̂_B + (1-ρ)·x̂_I) + β`` with one shared
+         affine and a per-channel gate ``rho`` in [0, 1] (clamped in forward; call
+         :func:`clamp_gates_` after each optimizer step to keep the stored value in range too).
+
+Every layer built here can be initialized from an existing BatchNorm2d (``load_from_batchnorm``):
+that is what :func:`convert_norms` uses to swap the BNs of a built (possibly pretrained) model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reidflow.errors import ConfigError
+
+NormBuilder = Callable[..., nn.Module]
+
+_NORM_BUILDERS: dict[str, NormBuilder] = {}
+
+
+def register_norm(kind: str, builder: NormBuilder, *, overwrite: bool = False) -> None:
+    """Make ``make_norm(kind, C, **kw)`` call ``builder(C, **kw)``.
+
+    A builder's module should offer ``load_from_batchnorm(bn)`` so :func:`convert_norms` can
+    initialize it from a pretrained BN (BN statistics and affine go to its BN branch).
+    """
+    if not kind or not isinstance(kind, str):
+        raise ConfigError(f"norm kind must be a non-empty string, got {kind!r}")
+    if kind in _NORM_BUILDERS and not overwrite:
+        raise ConfigError(f"norm kind {kind!r} is already registered (pass overwrite=True to replace it)")
+    _NORM_BUILDERS[kind] = builder
+
+
+def list_norms() -> list[str]:
+    """Registered norm kinds, sorted."""
+    return sorted(_NORM_BUILDERS)
+
+
+def check_norm_kind(kind: str, what: str = "norm") -> None:
+    """Raise a ConfigError naming ``what`` and the known kinds if ``kind`` is not registered."""
+    if kind not in _NORM_BUILDERS:
+        raise ConfigError(f"unknown {what} kind {kind!r}; known kinds: {', '.join(list_norms())}")
+
+
+def make_norm(kind: str, num_features: int, **kw) -> nn.Module:
+    """Build the norm layer ``kind`` over ``num_features`` channels."""
+    check_norm_kind(kind)
+    if int(num_features) <= 0:
+        raise ConfigError(f"norm {kind!r}: num_features must be > 0, got {num_features}")
+    return _NORM_BUILDERS[kind](int(num_features), **kw)
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """Affine instance norm that never tracks running statistics (instance stats at eval too)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+
+    def load_from_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        """Take BN's affine (IN has no running statistics to take)."""
+        _copy_affine(bn, self, slice(None))
+
+
+class InstanceBatchNorm2d(nn.Module):
+    """IBN-a: IN on the first ``in_ratio`` of the channels, BN on the rest, concatenated."""
+
+    def __init__(self, num_features: int, in_ratio: float = 0.5, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        if not 0.0 < in_ratio < 1.0:
+            raise ConfigError(f"norm 'ibn': in_ratio must be in (0, 1), got {in_ratio}")
+        self.num_features = num_features
+        self.in_channels = int(num_features * in_ratio)
+        if not 0 < self.in_channels < num_features:
+            raise ConfigError(f"norm 'ibn': {num_features} channels cannot be split with in_ratio={in_ratio}")
+        self.inorm = InstanceNorm2d(self.in_channels, eps=eps)
+        self.bn = nn.BatchNorm2d(num_features - self.in_channels, eps=eps, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_in, x_bn = torch.split(x, [self.in_channels, self.num_features - self.in_channels], dim=1)
+        return torch.cat([self.inorm(x_in.contiguous()), self.bn(x_bn.contiguous())], dim=1)
+
+    def load_from_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        """IN half takes BN's affine of its channels; BN half takes affine and running stats of its."""
+        _check_width(bn, self.num_features)
+        _copy_affine(bn, self.inorm, slice(0, self.in_channels))
+        _copy_batchnorm(bn, self.bn, slice(self.in_channels, self.num_features))
+
+
+class BatchInstanceNorm2d(nn.Module):
+    """BIN (Nam & Kim 2018): ``γ(ρ·x̂_B + (1-ρ)·x̂_I) + β``, shared affine, gate ``rho`` per channel."""
+
+    def __init__(self, num_features: int, rho_init: float = 1.0, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        if not 0.0 <= rho_init <= 1.0:
+            raise ConfigError(f"norm 'bin': rho_init must be in [0, 1], got {rho_init}")
+        self.num_features = num_features
+        self.eps = eps
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.rho = nn.Parameter(torch.full((num_features,), float(rho_init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_batch = self.bn(x)
+        x_inst = F.instance_norm(x, eps=self.eps)
+        rho = self.rho.clamp(0.0, 1.0).view(1, -1, 1, 1)
+        mixed = rho * x_batch + (1.0 - rho) * x_inst
+        return mixed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def load_from_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        """Running stats go to the BN branch, BN's affine becomes the shared affine."""
+        _check_width(bn, self.num_features)
+        _copy_affine(bn, self, slice(None))
+        _copy_batchnorm(bn, self.bn, slice(None))
+
+
+def clamp_gates_(model: nn.Module) -> None:
+    """Clamp every BIN gate of ``model`` to [0, 1] in place (call after an optimizer step)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BatchInstanceNorm2d):
+                module.rho.clamp_(0.0, 1.0)
+
+
+def _check_width(bn: nn.Module, num_features: int) -> None:
+    if bn.num_features != num_features:
+        raise ConfigError(
+            f"cannot initialize a {num_features}-channel norm from a {bn.num_features}-channel BN"
+        )
+
+
+def _copy_affine(src: nn.Module, dst: nn.Module, channels: slice) -> None:
+    with torch.no_grad():
+        if getattr(src, "weight", None) is not None and getattr(dst, "weight", None) is not None:
+            dst.weight.copy_(src.weight[channels])
+            dst.bias.copy_(src.bias[channels])
+
+
+def _copy_batchnorm(src: nn.Module, dst: nn.BatchNorm2d, channels: slice) -> None:
+    """Copy running stats (and affine when both have one) of ``channels`` of ``src`` into ``dst``."""
+    with torch.no_grad():
+        if src.running_mean is not None and dst.running_mean is not None:
+            dst.running_mean.copy_(src.running_mean[channels])
+            dst.running_var.copy_(src.running_var[channels])
+            dst.num_batches_tracked.copy_(src.num_batches_tracked)
+        _copy_affine(src, dst, channels)
+
+
+def _is_convertible_batchnorm(module: nn.Module) -> bool:
+    # Only BatchNorm2d: a SyncBatchNorm may wrap a 1-d BNNeck, so run convert_norms before SyncBN conversion.
+    return isinstance(module, nn.BatchNorm2d)
+
+
+def _init_from_batchnorm(new: nn.Module, bn: nn.Module, kind: str) -> None:
+    if isinstance(new, nn.BatchNorm2d):
+        _check_width(bn, new.num_features)
+        _copy_batchnorm(bn, new, slice(None))
+    elif hasattr(new, "load_from_batchnorm"):
+        new.load_from_batchnorm(bn)
+    else:
+        raise ConfigError(
+            f"norm kind {kind!r} builds {type(new).__name__}, which has no load_from_batchnorm(bn); "
+            "it cannot replace an existing BatchNorm layer"
+        )
+
+
+def convert_norms(model: nn.Module, kind: str, **kw) -> nn.Module:
+    """Replace every BatchNorm2d of ``model`` (in place) by ``make_norm(kind, C, **kw)``.
+
+    The new layer is initialized from the BN it replaces (weights, biases, running statistics into
+    its BN branch), keeps the BN's device and dtype and its training mode. BNs that are themselves a
+    branch of a composite norm (e.g. the BN half of ``ibn``) and 1-d BNs (the BNNeck) are left alone.
+    Convert before ``nn.SyncBatchNorm.convert_sync_batchnorm`` (SyncBN layers are not touched).
+    Returns ``model`` for chaining.
+    """
+    check_norm_kind(kind)
+    for parent in list(model.modules()):
+        if _is_composite_norm(parent):
+            continue
+        for name, child in list(parent.named_children()):
+            if not _is_convertible_batchnorm(child):
+                continue
+            new = make_norm(kind, child.num_features, **kw)
+            _init_from_batchnorm(new, child, kind)
+            ref = child.running_mean if child.running_mean is not None else child.weight
+            if ref is not None:
+                new.to(device=ref.device, dtype=ref.dtype)
+            new.train(child.training)
+            setattr(parent, name, new)
+    return model
+
+
+def _is_composite_norm(module: nn.Module) -> bool:
+    """A norm built from branches (its inner BN belongs to it and is not a backbone norm)."""
+    return hasattr(module, "load_from_batchnorm") and not isinstance(module, nn.BatchNorm2d)
+
+
+def _build_bn(num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
+    return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
+
+
+register_norm("bn", _build_bn)
+register_norm("in", InstanceNorm2d)
+register_norm("ibn", InstanceBatchNorm2d)
+register_norm("bin", BatchInstanceNorm2d)
