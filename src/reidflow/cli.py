@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -88,6 +90,97 @@ def shard(
     err_console.print(f"[green]shard[/green]: wrote {out}")
 
 
+MetricsPortOpt = Annotated[Optional[int], typer.Option("--metrics-port", help="serve Prometheus /metrics on this "
+                                                       "port while the stage runs")]
+
+
+@contextmanager
+def _observed(stage: str, instance: str, port: int | None) -> Iterator[Any]:
+    """Prometheus metrics of one stage run: served on --metrics-port, pushed when configured."""
+    from reidflow.obs.metrics import StageMetrics
+
+    metrics = StageMetrics(stage=stage, instance=instance)
+    if port:
+        metrics.serve(port)
+    try:
+        yield metrics
+    except BaseException:
+        metrics.finish(success=False)
+        raise
+    metrics.finish(success=True)
+
+
+def _instance(output: str) -> str:
+    """Stable Pushgateway grouping key: the output location (reruns replace their own group)."""
+    from reidflow.store.lineage import scrub
+
+    return scrub(output).replace("/", "_").strip("_") or "default"
+
+
+@app.command()
+def pretrain(
+    output: OutputOpt,
+    input_: InputOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="shortcut for --set pretrain.model.backbone=")] = None,
+    section_name: Annotated[str, typer.Option("--section", help="params section to read (e.g. camera)")] = "pretrain",
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+    metrics_port: MetricsPortOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """Supervised training on labelled source shards (--input source=URI ..., optional --input target=URI)."""
+    from reidflow.config import section
+    from reidflow.obs.train_hook import PrometheusHook
+    from reidflow.stages import pretrain as stage
+
+    overrides = list(set_ or [])
+    if backbone:
+        overrides.append(f"{section_name}.model.backbone={backbone}")
+    raw = _load(params, overrides)
+    cfg = section(raw, section_name, stage.PretrainConfig, source=str(params))
+    inputs = _inputs(input_)
+    _reject_unknown_inputs(inputs, {"source", "target"})
+    with _observed(section_name, _instance(output), metrics_port) as metrics:
+        out = stage.run(cfg, inputs.get("source", []), (inputs.get("target") or [None])[0], output,
+                        _ctx(orchestrator, stage_name), resume=resume, hooks=(PrometheusHook(metrics),))
+    err_console.print(f"[green]{section_name}[/green]: wrote {out}")
+
+
+@app.command()
+def evaluate(
+    output: OutputOpt,
+    input_: InputOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """Evaluate models and their ensemble (--input model=URI ..., --input eval=URI ..., [--input camera=URI])."""
+    from reidflow.config import section
+    from reidflow.stages import evaluate as stage
+
+    raw = _load(params, set_)
+    cfg = section(raw, "evaluate", stage.EvaluateConfig, source=str(params))
+    inputs = _inputs(input_)
+    _reject_unknown_inputs(inputs, {"model", "eval", "camera"})
+    with _observed("evaluate", _instance(output), metrics_port) as metrics:
+        out = stage.run(cfg, inputs.get("model", []), inputs.get("eval", []), output,
+                        _ctx(orchestrator, stage_name), camera_model=(inputs.get("camera") or [None])[0],
+                        observer=metrics)
+    err_console.print(f"[green]evaluate[/green]: wrote {out} (report: {out}/report.html)")
+
+
+def _reject_unknown_inputs(inputs: dict[str, list[str]], known: set[str]) -> None:
+    from reidflow.errors import ConfigError
+
+    unknown = sorted(set(inputs) - known)
+    if unknown:
+        raise ConfigError(f"--input {unknown[0]}=...: unknown input name; this stage takes {sorted(known)}")
+
+
 @app.command("readers")
 def readers_cmd() -> None:
     """List the dataset readers (published layouts) reidflow knows."""
@@ -105,6 +198,15 @@ def presets_cmd() -> None:
     for name in list_presets():
         typer.echo(name)
 
+
+def _mount_pipeline_commands() -> None:
+    """`reidflow pipeline ...` (Kubeflow): only the CLI knows the orchestrators."""
+    from pipelines.cli import pipeline_app
+
+    app.add_typer(pipeline_app, name="pipeline")
+
+
+_mount_pipeline_commands()
 
 lineage_app = typer.Typer(no_args_is_help=True, help="Show, verify and draw the ancestry of an artifact.")
 app.add_typer(lineage_app, name="lineage")

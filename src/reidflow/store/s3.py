@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -80,7 +81,7 @@ def upload_file(path: Path, bucket: str, key: str) -> None:
 
 def download_file(bucket: str, key: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")  # concurrent readers
     client().download_file(bucket, key, str(tmp), Config=_transfer_config())
     os.replace(tmp, path)
 

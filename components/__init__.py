@@ -1,0 +1,36 @@
+"""Kubeflow Pipelines v2 components: one per reidflow stage, each a thin call of the stage's ``run()``.
+
+Components are lightweight Python components (``@dsl.component``, no kfp install step) whose body
+imports reidflow from the image; :func:`build_components` binds them all to one image reference.
+
+Component bodies import :mod:`components.runtime`, :mod:`components.settings` and
+:mod:`components.pytorchjob` at run time, where kfp's executor loads only part of ``kfp.dsl``: those
+modules (and this file) must not build components on import.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageComponents:
+    synth: Any
+    shard: Any
+    collect: Any
+    pretrain: Any
+    pretrain_multinode: Any
+    evaluate: Any
+
+
+def build_components(image: str | None = None) -> StageComponents:
+    """Every component, running in ``image`` (default: :func:`components.image.resolve_image`)."""
+    from components import collect, evaluate, pretrain, pretrain_multinode, shard, synth
+    from components.image import resolve_image
+
+    image = image or resolve_image()
+    return StageComponents(synth=synth.build(image), shard=shard.build(image), collect=collect.build(image),
+                           pretrain=pretrain.build(image), pretrain_multinode=pretrain_multinode.build(image),
+                           evaluate=evaluate.build(image))
+
+
+__all__ = ["StageComponents", "build_components"]

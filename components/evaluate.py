@@ -1,0 +1,66 @@
+"""KFP component of stage ``evaluate``: ensemble of every pretrained model on the evaluation sets."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+def evaluate(
+    params_yaml: str,
+    overrides: list,
+    shards: Input[Dataset],
+    models: Input[list[Model]],
+    artifact_root: str,
+    params_digest: str,
+    shards_digest: str,
+    model_digests: list,
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    report_html: Output[HTML],
+    report_md: Output[Markdown],
+    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+) -> NamedTuple("EvaluateOutputs", [("digest", str)]):
+    """Evaluate the models (and their ensemble) on the manifest's eval/target datasets.
+
+    ``evaluation`` is the full artifact (lineage.json, metrics.json, reports, figures); the metrics
+    and the reports are also exposed as KFP's typed outputs so the UI shows them.
+    """
+    import json
+    from collections import namedtuple
+
+    from components import runtime
+    from reidflow.config import section
+    from reidflow.stages import evaluate
+
+    params = runtime.load_params_text(params_yaml, overrides)
+    cfg = section(params, "evaluate", evaluate.EvaluateConfig, source=runtime.PARAMS_SOURCE)
+    eval_sets = runtime.evaluation_sets(runtime.read_manifest(shards))
+    model_uris = [runtime.input_uri(m) for m in models]
+    uri = runtime.output_uri(evaluation, artifact_root, run_id, task_name)
+    with runtime.private_s3_cache(), \
+            runtime.observed("evaluate", runtime.metrics_instance(task_name)) as stage_metrics:
+        evaluate.run(cfg, model_uris, eval_sets, uri, runtime.run_context(run_id, task_name),
+                     observer=stage_metrics)
+    digest = runtime.publish(evaluation, uri)
+
+    local = runtime.local_copy(uri)
+    scores = json.loads((local / "metrics.json").read_text())
+    headline = runtime.numeric_leaves(scores.get("summary", scores))
+    for name, value in headline.items():
+        metrics.log_metric(name, value)
+    with open(report_html.path, "w", encoding="utf-8") as out:
+        out.write(runtime.inline_images((local / "report.html").read_text(encoding="utf-8"), local))
+    with open(report_md.path, "w", encoding="utf-8") as out:
+        out.write((local / "report.md").read_text(encoding="utf-8"))
+    return namedtuple("EvaluateOutputs", ["digest"])(digest)
+
+
+def build(image: str = IMAGE):
+    return dsl.component(evaluate, base_image=image, install_kfp_package=False)
+
+
+component = build()

@@ -1,0 +1,126 @@
+"""The reidflow pipeline: synth -> shard (ParallelFor over datasets) -> collect -> pretrain
+(ParallelFor over backbones) -> evaluate (ensemble of all backbones, dsl.Collected fan-in).
+
+The pipeline is built from params.yaml at compile time: parameter defaults (the params text, the
+backbones, the datasets, the artifact root) and cluster settings (image, resources) come from it.
+The *structure* is fixed at compile time; ``params_yaml`` may still be replaced when submitting.
+"""
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from components import build_components
+from components.image import resolve_image
+from components.resources import apply_common, apply_shm, apply_training
+from components.settings import KfpConfig, kfp_config, pipeline_backbones, pipeline_datasets
+from kfp import dsl
+
+from reidflow.errors import ConfigError
+
+ALL_STAGES = ("synth", "shard", "pretrain", "evaluate")
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """Everything the pipeline needs from params.yaml, resolved and validated once."""
+
+    params_text: str
+    params: dict[str, Any]
+    cfg: KfpConfig
+    image: str
+    datasets: list[str]
+    backbones: list[str]
+    source: str = "params.yaml"
+
+    @property
+    def params_digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.params_text.encode()).hexdigest()
+
+
+def plan_pipeline(params: dict[str, Any], source: str = "params.yaml") -> PipelinePlan:
+    """Validate the ``kfp:`` section and resolve image, datasets and backbones.
+
+    The components receive the params as one line of JSON (valid YAML): kfp 2.17 copies parameter
+    defaults into the package's comment header, and a multi-line default breaks that YAML file.
+    """
+    cfg = kfp_config(params, source=source)
+    text = json.dumps(params, separators=(",", ":"), default=str)
+    return PipelinePlan(params_text=text, params=params, cfg=cfg, image=resolve_image(params),
+                        datasets=pipeline_datasets(params, cfg, source), backbones=pipeline_backbones(params, cfg, source),
+                        source=source)
+
+
+def _check_stages(stages: Sequence[str]) -> tuple[str, ...]:
+    stages = tuple(stages)
+    if not stages or stages != ALL_STAGES[: len(stages)]:
+        raise ConfigError(f"stages {list(stages)}: expected a prefix of {list(ALL_STAGES)}")
+    return stages
+
+
+def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_loop_digests: bool = True):
+    """The ``reid_pipeline`` graph component for ``plan``, running ``stages`` (a prefix of ALL_STAGES).
+
+    ``wire_loop_digests``: pass upstream content digests into the tasks inside the ParallelFor loops
+    (cache keys). kfp 2.17's local runner replaces every upstream output parameter of a loop task by
+    the loop item, so local runs switch it off; those tasks still read the digests from their inputs.
+    """
+    stages = _check_stages(stages)
+    cfg, image = plan.cfg, plan.image
+    comps = build_components(image)
+    multinode = cfg.distributed.nodes > 1
+
+    @dsl.pipeline(name=cfg.pipeline_name,
+                  description="reidflow: synthetic/real re-ID data -> shards -> pretrained backbones -> ensemble evaluation")
+    def reid_pipeline(
+        params_yaml: str = plan.params_text,
+        backbones: list = plan.backbones,
+        artifact_root: str = cfg.artifact_root,
+        datasets: list = plan.datasets,
+        synth_root: str = cfg.synth_root,
+        params_digest: str = plan.params_digest,
+        synth_overrides: list = [],  # noqa: B006 - KFP reads defaults, never mutates them
+        shard_overrides: list = [],  # noqa: B006
+        pretrain_overrides: list = [],  # noqa: B006
+        evaluate_overrides: list = [],  # noqa: B006
+    ) -> None:
+        synth = comps.synth(params_yaml=params_yaml, overrides=synth_overrides, artifact_root=artifact_root,
+                            params_digest=params_digest)
+        apply_common(synth, cfg, image)
+        if "shard" not in stages:
+            return
+        with dsl.ParallelFor(datasets, name="datasets") as dataset:
+            shard = comps.shard(params_yaml=params_yaml, overrides=shard_overrides, dataset=dataset,
+                                raw=synth.outputs["raw"], artifact_root=artifact_root, synth_root=synth_root,
+                                params_digest=params_digest,
+                                raw_digest=synth.outputs["digest"] if wire_loop_digests else "")
+            apply_common(shard, cfg, image)
+        collect = comps.collect(shards=dsl.Collected(shard.outputs["shards"]),
+                                shard_digests=dsl.Collected(shard.outputs["digest"]))
+        apply_common(collect, cfg, image)
+        if "pretrain" not in stages:
+            return
+        shards_digest = collect.outputs["digest"]
+        with dsl.ParallelFor(backbones, name="backbones") as backbone:
+            common: dict[str, Any] = {
+                "params_yaml": params_yaml, "overrides": pretrain_overrides, "backbone": backbone,
+                "shards": collect.outputs["manifest"], "artifact_root": artifact_root, "params_digest": params_digest,
+                "shards_digest": shards_digest if wire_loop_digests else "",
+            }
+            if multinode:  # the task only launches a PyTorchJob; the job's pods get the GPUs
+                pretrain = comps.pretrain_multinode(image=image, **common)
+                apply_common(pretrain, cfg, image)
+            else:
+                pretrain = comps.pretrain(gpus=cfg.gpus, **common)
+                apply_training(apply_common(pretrain, cfg, image), cfg)
+        if "evaluate" not in stages:
+            return
+        evaluate = comps.evaluate(params_yaml=params_yaml, overrides=evaluate_overrides,
+                                  shards=collect.outputs["manifest"], models=dsl.Collected(pretrain.outputs["model"]),
+                                  artifact_root=artifact_root, params_digest=params_digest,
+                                  shards_digest=shards_digest, model_digests=dsl.Collected(pretrain.outputs["digest"]))
+        apply_shm(apply_common(evaluate, cfg, image), cfg.shm_size)
+
+    return reid_pipeline

@@ -1,0 +1,224 @@
+"""Stage ``pretrain``: supervised training on labelled source shards -> a model artifact.
+
+With ``labels: camera`` the same stage trains the camera model used by the evaluation stage's
+camera-similarity correction (classes = cameras of the given shards, identities ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from reidflow.config import StrictModel, params_digest
+from reidflow.data.index import ShardIndex
+from reidflow.data.loader import IndexedImageDataset, make_train_loader
+from reidflow.data.opener import LocalOpener
+from reidflow.data.sampling import CameraAwareBatchSampler, IdentityBatchSampler
+from reidflow.data.transforms import TransformConfig, build_train_transform
+from reidflow.errors import ConfigError, DataError
+from reidflow.models.artifact import save_model_artifact
+from reidflow.models.reid_model import ModelConfig, build_reid_model
+from reidflow.stages.evaluate import dataset_dirs
+from reidflow.store.artifacts import InputArtifact, open_input, write_artifact
+from reidflow.store.lineage import RunContext
+from reidflow.train import distributed as ddp
+from reidflow.train.engine import Engine, EngineConfig
+from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from reidflow.train.pretrain import LossConfig, PretrainMethod, TargetBatches
+
+log = logging.getLogger(__name__)
+
+
+class SamplerConfig(StrictModel):
+    kind: Literal["identity", "camera"] = "identity"
+    P: int = Field(16, ge=1, description="identities per global batch")
+    K: int = Field(4, ge=1, description="images per identity")
+
+
+class TargetBNConfig(StrictModel):
+    enabled: bool = False
+    batch_size: int = Field(32, ge=2)
+
+
+class QuickEvalConfig(StrictModel):
+    enabled: bool = True
+    batch_size: int = Field(128, ge=1)
+
+
+class PretrainConfig(StrictModel):
+    seed: int = 0
+    name: str | None = Field(None, description="model name in reports (default: the backbone)")
+    labels: Literal["identity", "camera"] = "identity"
+    model: dict[str, Any] = Field(default_factory=lambda: {"backbone": "osnet_x0_25"})
+    transforms: dict[str, Any] = Field(default_factory=lambda: {"height": 128, "width": 64})
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(name="adam", lr=3.5e-4))
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(epochs=10))
+    num_workers: int = Field(2, ge=0)
+    target_bn: TargetBNConfig = Field(default_factory=TargetBNConfig)
+    eval: QuickEvalConfig = Field(default_factory=QuickEvalConfig)
+    checkpoint_dir: str | None = Field(None, description="default: <output>.ckpt next to a local output")
+    keep_checkpoints: bool = False
+
+    @model_validator(mode="after")
+    def _validate_nested(self) -> "PretrainConfig":
+        ModelConfig.from_mapping({**self.model, "num_classes": 1}, where="pretrain.model")
+        TransformConfig.parse(self.transforms, where="pretrain.transforms")
+        return self
+
+
+def _device_name(engine: EngineConfig) -> str:
+    import torch
+
+    if engine.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return engine.device
+
+
+def _train_labels(index: ShardIndex, labels: str) -> tuple[np.ndarray, dict[str, int]]:
+    if labels == "identity":
+        return index.global_pids()
+    keys = [f"{d}/c{c}" for d, c in zip(index.domains, index.camids, strict=True)]
+    mapping = {k: i for i, k in enumerate(sorted(set(keys)))}
+    return np.asarray([mapping[k] for k in keys], dtype=np.int64), mapping
+
+
+def run(cfg: PretrainConfig, sources: list[str], target: str | None, output: str | Path,
+        ctx: RunContext | None = None, resume: bool = False, hooks: tuple[Any, ...] = ()) -> Path:
+    if not sources:
+        raise ConfigError("pretrain: expected at least one --input source=URI (labelled shards)")
+    source_inputs = [open_input(f"source{i}", uri) for i, uri in enumerate(sources)]
+    target_input = open_input("target", target) if target else None
+    source_dirs = [d for art in source_inputs for d in dataset_dirs(art)]
+    full = ShardIndex.load(source_dirs)
+    train = full.filter(split="train")
+    labels, label_map = _train_labels(train, cfg.labels)
+    num_classes = len(label_map)
+    if num_classes < 2:
+        raise DataError(f"pretrain: the training split has {num_classes} class(es); need at least 2")
+    dist = ddp.current()
+    tcfg = TransformConfig.parse(cfg.transforms, where="pretrain.transforms")
+    model_cfg = ModelConfig.from_mapping({**cfg.model, "num_classes": num_classes}, where="pretrain.model")
+    model = build_reid_model(model_cfg)
+    opener = LocalOpener(train.root)
+    dataset = IndexedImageDataset(train, opener, tcfg.height, tcfg.width, labels=labels)
+    sampler = _sampler(cfg, labels, train, dist)
+    loader = make_train_loader(dataset, sampler, num_workers=cfg.num_workers,
+                               pin_memory=_device_name(cfg.engine) == "cuda")
+    optimizer = build_optimizer(model, cfg.optimizer)
+    iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
+    scheduler = build_scheduler(optimizer, cfg.scheduler, iters_per_epoch)
+    target_batches = _target_batches(cfg, target_input, tcfg)
+    method = PretrainMethod(model, optimizer, scheduler, cfg.loss, num_classes, build_train_transform(tcfg),
+                            target_batches)
+    ckpt_dir = _checkpoint_dir(cfg, output)
+    engine = Engine(method, loader, cfg.engine, checkpoint_dir=ckpt_dir, hooks=hooks)
+    result = engine.fit(resume=resume)
+    if not dist.is_main:
+        ddp.barrier()
+        return Path(str(output))
+    resolved = cfg.model_dump(mode="json")
+    inputs: list[InputArtifact] = [*source_inputs, *([target_input] if target_input else [])]
+    name = cfg.name or (model_cfg.backbone if cfg.labels == "identity" else f"camera-{model_cfg.backbone}")
+    with write_artifact(output, kind="model", stage="pretrain", params=resolved,
+                        params_digest=params_digest(resolved), seed=cfg.seed, inputs=inputs, ctx=ctx) as art:
+        art.device = str(engine.device)
+        save_model_artifact(art.path, model, model_cfg, height=tcfg.height, width=tcfg.width, mean=tcfg.mean,
+                            std=tcfg.std, extra={"name": name, "labels": cfg.labels,
+                                                 "label_map": label_map if cfg.labels == "camera" else None,
+                                                 "num_train_images": len(train)})
+        _save_curve(art.path, result.history)
+        metrics: dict[str, Any] = {"train": {"iterations": result.final_iteration,
+                                             "images_per_s": round(result.samples_per_s, 2),
+                                             "wall_time_s": round(result.wall_time_s, 1),
+                                             "final": _final_losses(result.history)}}
+        if cfg.eval.enabled and cfg.labels == "identity":
+            metrics["eval"] = quick_eval(model, source_dirs, target_input, tcfg, cfg, str(engine.device))
+        art.metrics = metrics
+    if ckpt_dir is not None and not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ddp.barrier()
+    return Path(str(output))
+
+
+def _sampler(cfg: PretrainConfig, labels: np.ndarray, index: ShardIndex, dist: Any) -> Any:
+    P, K = cfg.sampler.P, cfg.sampler.K
+    if cfg.sampler.kind == "camera":
+        return CameraAwareBatchSampler(labels, index.camids, P, K, seed=cfg.seed, rank=dist.rank,
+                                       world_size=dist.world_size)
+    return IdentityBatchSampler(labels, P, K, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+
+
+def _target_batches(cfg: PretrainConfig, target: InputArtifact | None, tcfg: TransformConfig) -> TargetBatches | None:
+    if not cfg.target_bn.enabled:
+        return None
+    if target is None:
+        raise ConfigError("pretrain.target_bn.enabled needs --input target=URI (unlabelled target shards)")
+    index = ShardIndex.load(dataset_dirs(target)).filter(split="train")
+    ds = IndexedImageDataset(index, LocalOpener(index.root), tcfg.height, tcfg.width,
+                             labels=np.zeros(len(index), dtype=np.int64))
+    return TargetBatches(ds.__getitem__, len(ds), cfg.target_bn.batch_size, cfg.seed)
+
+
+def _checkpoint_dir(cfg: PretrainConfig, output: str | Path) -> Path:
+    if cfg.checkpoint_dir:
+        return Path(cfg.checkpoint_dir)
+    out = str(output)
+    if out.startswith("s3://"):
+        return Path(tempfile.gettempdir()) / "reidflow-ckpt" / out[5:].replace("/", "_")
+    path = Path(out)
+    return path.with_name(path.name + ".ckpt")
+
+
+def _save_curve(directory: Path, history: list[dict[str, Any]]) -> None:
+    from reidflow.eval.plots import training_curve
+
+    keep = ("iteration", "epoch", "ce", "triplet", "acc", "lr/model")
+    rows = [{k: h[k] for k in keep if k in h} for h in history]
+    (directory / "training_curve.json").write_text(json.dumps(rows) + "\n")
+    curve = [{"iteration": r["iteration"], **{k: r[k] for k in ("ce", "triplet") if k in r},
+              "lr": r.get("lr/model", float("nan"))} for r in rows]
+    training_curve(curve, directory / "training_curve.png", "training losses")
+
+
+def _final_losses(history: list[dict[str, Any]], window: int = 20) -> dict[str, float]:
+    tail = history[-window:]
+    keys = [k for k in ("ce", "triplet", "acc") if tail and k in tail[-1]]
+    return {k: round(float(np.mean([h[k] for h in tail])), 4) for k in keys}
+
+
+def quick_eval(model: Any, source_dirs: list[Path], target: InputArtifact | None, tcfg: TransformConfig,
+               cfg: PretrainConfig, device: str) -> dict[str, Any]:
+    """mAP / rank-1 on the query/gallery split of every source (same-domain) and the target (cross-domain)."""
+    from reidflow.eval.features import extract
+    from reidflow.eval.scoring import headline, score_variants
+
+    sets = [(d, "same_domain") for d in source_dirs]
+    if target is not None:
+        sets += [(d, "cross_domain") for d in dataset_dirs(target)]
+    per_dataset: dict[str, Any] = {}
+    groups: dict[str, list[float]] = {"same_domain": [], "cross_domain": []}
+    for ddir, group in sets:
+        index = ShardIndex.load(ddir)
+        if not {"query", "gallery"} <= set(index.splits):
+            continue
+        qg = index.filter(split=["query", "gallery"])
+        feats = extract(model, qg, height=tcfg.height, width=tcfg.width, batch_size=cfg.eval.batch_size,
+                        device=device, mean=tcfg.mean, std=tcfg.std)
+        is_q = np.asarray(qg.splits) == "query"
+        q, g = feats.take(np.flatnonzero(is_q)), feats.take(np.flatnonzero(~is_q))
+        variants, _ = score_variants(q.features, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=20,
+                                     rerank=None)
+        per_dataset[ddir.name] = {**headline(variants["plain"]), "group": group}
+        groups[group].append(per_dataset[ddir.name]["mAP"])
+    summary = {f"{g}_mAP": round(float(np.mean(v)), 4) for g, v in groups.items() if v}
+    return {"datasets": per_dataset, **summary}

@@ -1,0 +1,57 @@
+"""Shared test helpers: tiny params and running the CLI in-process."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_params() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params(data_root: str = "data/synth") -> dict[str, Any]:
+    """params.yaml shrunk to seconds: 2 sources + 1 target, few identities, 64x32 images, few iterations."""
+    p = copy.deepcopy(repo_params())
+    small = {"identities": 10, "cameras": 3, "cameras_per_identity": [2, 3], "distractors": 4,
+             "images_per_identity_camera": [2, 3], "image": {"height": 64, "width": 32}}
+    p["synth"] = {"seed": 0, "workers": 1, "domains": [
+        {"preset": name, "overrides": small} for name in ("mall_warm", "night_station", "target_city")]}
+    p["datasets"] = {
+        "mall_warm": {"reader": "market1501", "root": f"{data_root}/mall_warm", "role": "source"},
+        "night_station": {"reader": "market1501", "root": f"{data_root}/night_station", "role": "source"},
+        "target_city": {"reader": "market1501", "root": f"{data_root}/target_city", "role": "target"},
+    }
+    for section in ("pretrain", "camera"):
+        s = p[section]
+        s["transforms"] = {**s["transforms"], "height": 64, "width": 32}
+        s["sampler"] = {"kind": "identity", "P": 4, "K": 2}
+        s["engine"] = {**s["engine"], "epochs": 1, "max_iters": 3, "checkpoint_every": 2, "log_every": 1}
+        s["scheduler"] = {"kind": "constant", "warmup": 0}
+        s["num_workers"] = 0
+    p["pretrain"]["target_bn"] = {"enabled": True, "batch_size": 8}
+    p["camera"]["sampler"] = {"kind": "identity", "P": 3, "K": 4}  # classes are the 3 target cameras
+    p["evaluate"]["report"] = {**p["evaluate"]["report"], "embedding": "pca", "retrieval_queries": 3}
+    p["evaluate"]["batch_size"] = 32
+    return p
+
+
+def write_params(path: Path, params: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def reidflow(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real ``reidflow`` console script of this venv."""
+    exe = Path(sys.executable).parent / "reidflow"
+    proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"reidflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
