@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m reidflow.demo
+	VENV=$(VENV) bash scripts/demo.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

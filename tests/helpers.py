@@ -17,18 +17,19 @@ def repo_params() -> dict[str, Any]:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def tiny_params(data_root: str = "data/synth") -> dict[str, Any]:
-    """params.yaml shrunk to seconds: 2 sources + 1 target, few identities, 64x32 images, few iterations."""
+def tiny_params(data_root: str = "data/synth", all_domains: bool = False) -> dict[str, Any]:
+    """params.yaml shrunk to seconds: few identities, 64x32 images, few iterations.
+
+    Domains: 2 sources + the target, or (``all_domains``) every dataset of the repo's params.yaml,
+    which dvc.yaml names explicitly.
+    """
     p = copy.deepcopy(repo_params())
     small = {"identities": 10, "cameras": 3, "cameras_per_identity": [2, 3], "distractors": 4,
              "images_per_identity_camera": [2, 3], "image": {"height": 64, "width": 32}}
-    p["synth"] = {"seed": 0, "workers": 1, "domains": [
-        {"preset": name, "overrides": small} for name in ("mall_warm", "night_station", "target_city")]}
-    p["datasets"] = {
-        "mall_warm": {"reader": "market1501", "root": f"{data_root}/mall_warm", "role": "source"},
-        "night_station": {"reader": "market1501", "root": f"{data_root}/night_station", "role": "source"},
-        "target_city": {"reader": "market1501", "root": f"{data_root}/target_city", "role": "target"},
-    }
+    names = list(p["datasets"]) if all_domains else ["mall_warm", "night_station", "target_city"]
+    p["synth"] = {"seed": 0, "workers": 1, "domains": [{"preset": name, "overrides": small} for name in names]}
+    p["datasets"] = {name: {"reader": "market1501", "root": f"{data_root}/{name}",
+                            "role": "target" if name == "target_city" else "source"} for name in names}
     for section in ("pretrain", "camera"):
         s = p[section]
         s["transforms"] = {**s["transforms"], "height": 64, "width": 32}

@@ -55,6 +55,7 @@ def synth(
     output: OutputOpt = "data/synth",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    reuse: Annotated[bool, typer.Option("--reuse", help="keep an existing output made from the same params")] = False,
     orchestrator: OrchOpt = None,
     stage_name: StageNameOpt = None,
 ) -> None:
@@ -64,7 +65,7 @@ def synth(
 
     raw = _load(params, set_)
     cfg = section(raw, "synth", stage.SynthConfig, source=str(params))
-    out = stage.run(cfg, output, _ctx(orchestrator, stage_name))
+    out = stage.run(cfg, output, _ctx(orchestrator, stage_name), reuse=reuse)
     err_console.print(f"[green]synth[/green]: wrote {out}")
 
 
