@@ -20,17 +20,18 @@ class StageComponents:
     pretrain: Any
     pretrain_multinode: Any
     evaluate: Any
+    camera: Any
 
 
 def build_components(image: str | None = None) -> StageComponents:
     """Every component, running in ``image`` (default: :func:`components.image.resolve_image`)."""
-    from components import collect, evaluate, pretrain, pretrain_multinode, shard, synth
+    from components import camera, collect, evaluate, pretrain, pretrain_multinode, shard, synth
     from components.image import resolve_image
 
     image = image or resolve_image()
     return StageComponents(synth=synth.build(image), shard=shard.build(image), collect=collect.build(image),
                            pretrain=pretrain.build(image), pretrain_multinode=pretrain_multinode.build(image),
-                           evaluate=evaluate.build(image))
+                           evaluate=evaluate.build(image), camera=camera.build(image))
 
 
 __all__ = ["StageComponents", "build_components"]

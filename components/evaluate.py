@@ -21,13 +21,15 @@ def evaluate(
     metrics: Output[Metrics],
     report_html: Output[HTML],
     report_md: Output[Markdown],
+    camera: Input[Model] = None,
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
 ) -> NamedTuple("EvaluateOutputs", [("digest", str)]):
     """Evaluate the models (and their ensemble) on the manifest's eval/target datasets.
 
     ``evaluation`` is the full artifact (lineage.json, metrics.json, reports, figures); the metrics
-    and the reports are also exposed as KFP's typed outputs so the UI shows them.
+    and the reports are also exposed as KFP's typed outputs so the UI shows them. ``camera`` is the
+    camera model (present when ``evaluate.camera.enabled``).
     """
     import json
     from collections import namedtuple
@@ -44,6 +46,7 @@ def evaluate(
     with runtime.private_s3_cache(), \
             runtime.observed("evaluate", runtime.metrics_instance(task_name)) as stage_metrics:
         evaluate.run(cfg, model_uris, eval_sets, uri, runtime.run_context(run_id, task_name),
+                     camera_model=runtime.input_uri(camera) if camera is not None else None,
                      observer=stage_metrics)
     digest = runtime.publish(evaluation, uri)
 

@@ -36,6 +36,11 @@ class PipelinePlan:
     source: str = "params.yaml"
 
     @property
+    def camera(self) -> bool:
+        """Train the camera model for the evaluation's camera-similarity correction."""
+        return bool(((self.params.get("evaluate") or {}).get("camera") or {}).get("enabled"))
+
+    @property
     def params_digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.params_text.encode()).hexdigest()
 
@@ -117,10 +122,17 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
                 apply_training(apply_common(pretrain, cfg, image), cfg)
         if "evaluate" not in stages:
             return
+        extra: dict[str, Any] = {}
+        if plan.camera:  # the camera model of the camera-similarity correction (evaluate.camera.enabled)
+            cam = comps.camera(params_yaml=params_yaml, overrides=pretrain_overrides, shards=collect.outputs["manifest"],
+                               artifact_root=artifact_root, params_digest=params_digest, shards_digest=shards_digest)
+            apply_training(apply_common(cam, cfg, image), cfg)
+            extra["camera"] = cam.outputs["model"]
         evaluate = comps.evaluate(params_yaml=params_yaml, overrides=evaluate_overrides,
                                   shards=collect.outputs["manifest"], models=dsl.Collected(pretrain.outputs["model"]),
                                   artifact_root=artifact_root, params_digest=params_digest,
-                                  shards_digest=shards_digest, model_digests=dsl.Collected(pretrain.outputs["digest"]))
+                                  shards_digest=shards_digest, model_digests=dsl.Collected(pretrain.outputs["digest"]),
+                                  **extra)
         apply_shm(apply_common(evaluate, cfg, image), cfg.shm_size)
 
     return reid_pipeline

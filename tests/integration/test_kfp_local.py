@@ -29,12 +29,16 @@ def tiny_params(**kfp: Any) -> dict[str, Any]:
         "shard": {"shard_max_mb": 1},
         "datasets": {
             "mall_warm": {"reader": "market1501", "root": "data/synth/mall_warm", "role": "source"},
-            "night_station": {"reader": "market1501", "root": "data/synth/night_station", "role": "eval"},
+            "night_station": {"reader": "market1501", "root": "data/synth/night_station", "role": "target"},
         },
         "pretrain": {"model": {"backbone": "osnet_x0_25"}, "transforms": {"height": 64, "width": 32},
                      "sampler": {"P": 4, "K": 2}, "engine": {"epochs": 1, "max_iters": 2, "device": "cpu"},
                      "num_workers": 0, "eval": {"enabled": False}},
-        "evaluate": {"device": "cpu", "batch_size": 32, "rerank": {"enabled": False},
+        "camera": {"labels": "camera", "model": {"backbone": "osnet_x0_25"}, "transforms": {"height": 64, "width": 32},
+                   "sampler": {"P": 3, "K": 2}, "loss": {"triplet_weight": 0.0},
+                   "engine": {"epochs": 1, "max_iters": 2, "device": "cpu"}, "num_workers": 0,
+                   "eval": {"enabled": False}},
+        "evaluate": {"device": "cpu", "batch_size": 32, "rerank": {"enabled": False}, "camera": {"enabled": True},
                      "report": {"embedding": "none", "retrieval_queries": 2}},
         "kfp": {"backbones": ["osnet_x0_25", "mobilenetv2_x0_5"], **kfp},
     }

@@ -86,3 +86,18 @@ def test_scrub_removes_credentials(monkeypatch):
     text = json.dumps(cleaned)
     for secret in ("pw@", "X-Amz-Signature=abc", "supersecretvalue123", '"s"', '"p"'):
         assert secret not in text
+
+
+def test_raw_input_inside_an_artifact_links_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    synth = make_artifact(Path("data/synth"), {"dom/a.jpg": b"\xff\xd8a", "dom/b.jpg": b"\xff\xd8b"}, stage="synth")
+    raw = open_input("raw", "data/synth/dom", require_artifact=False)
+    ref = raw.ref()
+    assert ref.extra["within"] == "data/synth"
+    shards = make_artifact(Path("shards"), {"s.tar": b"t"}, inputs=[raw], stage="shard")
+    assert verify(str(shards)) == ["shards", "data/synth/dom", "data/synth"]
+    text = "\n".join(render_text(load_tree(str(shards))))
+    assert "raw data data/synth/dom" in text and "synth [test] data/synth" in text
+    (synth / "other.txt").write_text("not listed")
+    with pytest.raises(ArtifactError, match="other.txt is not listed"):
+        verify(str(shards))

@@ -359,3 +359,18 @@ def test_cli_compile_and_run_flags(tmp_path: Path) -> None:
         "resourceCount"] == "4"
     result = CliRunner().invoke(pipeline_app, ["run", "--params", str(tmp_path / "params.yaml")])
     assert isinstance(result.exception, ConfigError) and "--local" in str(result.exception)
+
+
+def test_camera_model_task_when_camera_correction_is_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REIDFLOW_IMAGE", raising=False)
+    params = tiny_params(image=f"registry.example.com/reidflow@{DIGEST}")
+    params["datasets"]["night_station"]["role"] = "target"
+    params["evaluate"] = {"camera": {"enabled": True}}
+    spec, executors = compile_params(tmp_path, params)
+    tasks = all_tasks(spec)
+    assert "camera" in tasks
+    evaluate_inputs = tasks["evaluate"]["inputs"]["artifacts"]
+    assert evaluate_inputs["camera"]["taskOutputArtifact"]["producerTask"] == "camera"
+    assert "nvidia.com/gpu" in json.dumps(spec["deploymentSpec"]["executors"]["exec-camera"])
+    without, _ = compile_params(tmp_path, tiny_params(image=f"registry.example.com/reidflow@{DIGEST}"))
+    assert "camera" not in all_tasks(without)

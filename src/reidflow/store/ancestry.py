@@ -54,6 +54,8 @@ def load_tree(uri: str, name: str = "artifact", base: Path | None = None, _seen:
     for inp in art.lineage.get("inputs", []):
         parent = load_tree(inp["uri"], inp["name"], base, seen)
         parent.dvc_md5 = parent.dvc_md5 or inp.get("dvc_md5")
+        if inp.get("within") and parent.record is None and not parent.parents:
+            parent.parents.append(load_tree(inp["within"], "written by", base, seen))
         node.parents.append(parent)
     return node
 
@@ -95,6 +97,8 @@ def _verify(uri: str, name: str, expected: str | None, base: Path | None, checke
     checked.append(uri)
     for inp in art.lineage.get("inputs", []):
         _verify(inp["uri"], inp["name"], inp["digest"], base, checked, seen)
+        if inp.get("within"):
+            _verify(inp["within"], "written by", inp.get("within_digest"), base, checked, seen)
 
 
 def render_text(node: Node, indent: str = "", last: bool = True, top: bool = True) -> list[str]:

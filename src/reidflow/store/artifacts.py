@@ -46,10 +46,16 @@ class InputArtifact:
     lineage: dict[str, Any] | None
 
     def ref(self) -> InputRef:
-        extra = {}
-        dvc_md5 = dvc_tracked_md5(self.path)
-        if dvc_md5:
-            extra["dvc_md5"] = dvc_md5
+        extra: dict[str, Any] = {}
+        if self.lineage is None:
+            dvc_md5 = dvc_tracked_md5(self.path)
+            if dvc_md5:
+                extra["dvc_md5"] = dvc_md5
+            enclosing = enclosing_artifact(self.path)
+            if enclosing is not None:  # raw data written by a stage (e.g. synth): link to that artifact
+                where, record = enclosing
+                extra["within"] = _relative_uri(self.uri, self.path, where)
+                extra["within_digest"] = record["artifact"]["digest"]
         return InputRef(self.name, self.uri, self.digest, extra)
 
 
@@ -154,6 +160,21 @@ def open_input(name: str, uri: str | Path, *, require_artifact: bool = True, fre
                             "was the stage that writes it interrupted?")
     files = tree_digests(path) if path.is_dir() else {path.name: tree_digests(path.parent)[path.name]}
     return InputArtifact(name, str(uri), path, combined_digest(files), None)
+
+
+def enclosing_artifact(path: Path, max_levels: int = 4) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest parent directory of ``path`` that is a complete artifact, with its lineage."""
+    for parent in list(path.parents)[:max_levels]:
+        if (parent / LINEAGE_FILE).is_file():
+            return parent, read_lineage(parent)
+    return None
+
+
+def _relative_uri(uri: str, path: Path, parent: Path) -> str:
+    """The URI of ``parent`` written the way ``uri`` (which names ``path``) was written."""
+    depth = len(path.relative_to(parent).parts)
+    given = Path(str(uri))
+    return str(given.parents[depth - 1]) if depth <= len(given.parents) else str(parent)
 
 
 def dvc_tracked_md5(path: Path) -> str | None:
