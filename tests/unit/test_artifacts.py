@@ -101,3 +101,17 @@ def test_raw_input_inside_an_artifact_links_to_it(tmp_path, monkeypatch):
     (synth / "other.txt").write_text("not listed")
     with pytest.raises(ArtifactError, match="other.txt is not listed"):
         verify(str(shards))
+
+
+def test_metrics_port_serves_prometheus_text():
+    import urllib.request
+
+    from reidflow.obs.metrics import StageMetrics
+    from tests.conftest import free_port
+
+    m = StageMetrics(stage="pretrain", instance="unit")
+    port = free_port()
+    m.serve(port)
+    m.observe_step(losses={"ce": 1.5}, lrs={"model": 0.1}, seconds=0.3, samples=32)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "reidflow_samples_processed_total 32.0" in text and 'reidflow_loss{term="ce"} 1.5' in text

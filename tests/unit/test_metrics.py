@@ -213,3 +213,16 @@ def test_tpr_at_fpr_matches_reference_on_random_data() -> None:
     ref = tpr_at_fpr_reference(distmat, qp, gp, qc, gc, fprs)
     out = evaluate_rank(distmat, qp, gp, qc, gc, tpr_fprs=fprs, chunk_size=3)
     assert out["tpr_at_fpr"] == ref
+
+
+def test_field_style_baseline_agrees_with_the_fast_evaluator():
+    from reidflow.eval.reference import evaluate_rank_field_style
+
+    rng = np.random.default_rng(3)
+    dist = rng.random((40, 300)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 12, 40), rng.integers(0, 12, 300)
+    q_cams, g_cams = rng.integers(0, 3, 40), rng.integers(0, 3, 300)
+    fast = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    field = evaluate_rank_field_style(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    assert abs(fast["mAP"] - field["mAP"]) < 1e-9 and abs(fast["mINP"] - field["mINP"]) < 1e-9
+    np.testing.assert_allclose(fast["cmc"], field["cmc"], atol=1e-12)

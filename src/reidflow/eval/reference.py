@@ -174,3 +174,37 @@ def k_reciprocal_reference(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int =
 
     final = (1.0 - lambda_value) * jaccard + lambda_value * original[:num_q]
     return final[:, num_q:]
+
+
+def evaluate_rank_field_style(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) -> dict:
+    """The evaluator most re-ID toolkits fall back to without their compiled extension.
+
+    Written from its well-known procedure, as the baseline of ``bench/bench_metrics.py``: argsort the
+    whole q×g matrix up front, build the whole match matrix, then per query remove same-id-same-camera
+    items and accumulate precision in a Python loop over every gallery position. Same values as
+    :func:`evaluate_rank_reference`; much slower and O(q×g) extra memory.
+    """
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    indices = np.argsort(distmat, axis=1, kind="stable")
+    matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
+    all_cmc, all_ap, all_inp = [], [], []
+    for qi in range(distmat.shape[0]):
+        order = indices[qi]
+        keep = np.invert((g_pids[order] == q_pids[qi]) & (g_camids[order] == q_camids[qi]))
+        raw_cmc = matches[qi][keep]
+        if not np.any(raw_cmc):
+            continue
+        cmc = raw_cmc.cumsum()
+        last = np.where(raw_cmc == 1)[0].max()
+        all_inp.append(cmc[last] / (last + 1.0))
+        cmc[cmc > 1] = 1
+        all_cmc.append(cmc[:max_rank])
+        num_rel = raw_cmc.sum()
+        tmp_cmc = raw_cmc.cumsum()
+        tmp_cmc = [x / (i + 1.0) for i, x in enumerate(tmp_cmc)]
+        tmp_cmc = np.asarray(tmp_cmc) * raw_cmc
+        all_ap.append(tmp_cmc.sum() / num_rel)
+    return {"cmc": np.asarray(all_cmc, dtype=np.float64).sum(0) / len(all_cmc), "mAP": float(np.mean(all_ap)),
+            "mINP": float(np.mean(all_inp)), "num_valid_queries": len(all_ap)}

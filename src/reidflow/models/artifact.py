@@ -55,7 +55,12 @@ def load_model_artifact(
         raise ArtifactError(f"{meta_path}: invalid model metadata ({exc})") from None
     model = build_reid_model(cfg)
     state = load_file(str(weights), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise ArtifactError(f"{weights}: weights do not fit the model in {META_FILE}: {detail}") from None
     if missing or unexpected:
         raise ArtifactError(
             f"{weights}: weights do not fit the model in {META_FILE}: "

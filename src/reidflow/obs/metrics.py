@@ -79,8 +79,8 @@ class StageMetrics:
         self.duration.set(now - self._started)
         (self.last_success if success else self.last_failure).set(now)
         url = gateway or os.environ.get(PUSHGATEWAY_ENV)
-        if not url:
-            return
+        if not url or os.environ.get("RANK", "0") not in ("", "0"):
+            return  # under torchrun only rank 0 reports the run
         pusher = push_to_gateway if success else pushadd_to_gateway
         registry = self.registry
         if not success:

@@ -94,6 +94,14 @@ def _train_labels(index: ShardIndex, labels: str) -> tuple[np.ndarray, dict[str,
 
 def run(cfg: PretrainConfig, sources: list[str], target: str | None, output: str | Path,
         ctx: RunContext | None = None, resume: bool = False, hooks: tuple[Any, ...] = ()) -> Path:
+    """Train and write the model artifact. Under torchrun (WORLD_SIZE > 1) every rank trains its part
+    of each global batch through DDP and rank 0 alone writes the artifact."""
+    with ddp.distributed_session():
+        return _run(cfg, sources, target, output, ctx, resume, hooks)
+
+
+def _run(cfg: PretrainConfig, sources: list[str], target: str | None, output: str | Path,
+         ctx: RunContext | None, resume: bool, hooks: tuple[Any, ...]) -> Path:
     if not sources:
         raise ConfigError("pretrain: expected at least one --input source=URI (labelled shards)")
     source_inputs = [open_input(f"source{i}", uri) for i, uri in enumerate(sources)]
