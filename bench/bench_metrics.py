@@ -54,36 +54,47 @@ def main() -> None:
 
     evaluate_rank(distmat[:64], *[q_pids[:64], g_pids, q_cams[:64], g_cams])  # warm-up (imports, caches)
     # best of --repeats runs for both sides: the machine is shared, so take the least disturbed run
-    ours, ours_s, ours_mb = min((measure(evaluate_rank, distmat, *labels) for _ in range(args.repeats)),
-                                key=lambda run: run[1])
-    ref, ref_s, ref_mb = min((measure(evaluate_rank_reference, distmat, *labels) for _ in range(args.repeats)),
-                             key=lambda run: run[1])
+    ours, ours_s, ours_mb = min(
+        (measure(evaluate_rank, distmat, *labels) for _ in range(args.repeats)), key=lambda run: run[1]
+    )
+    ref, ref_s, ref_mb = min(
+        (measure(evaluate_rank_reference, distmat, *labels) for _ in range(args.repeats)),
+        key=lambda run: run[1],
+    )
     field, field_s, field_mb = measure(evaluate_rank_field_style, distmat, *labels)
     matches = np.array([np.sum((g_pids == p) & (g_cams != c)) for p, c in zip(q_pids, q_cams)])
     junk = np.array([np.sum((g_pids == p) & (g_cams == c)) for p, c in zip(q_pids, q_cams)])
-    print(json.dumps({
-        "benchmark": "evaluate_rank",
-        "size": {"queries": shape[0], "gallery": shape[1], "matches_per_query": float(matches.mean()),
-                 "junk_per_query": float(junk.mean())},
-        "ours_seconds": round(ours_s, 3),
-        "field_loop_seconds": round(field_s, 3),
-        "speedup_vs_field_loop": round(field_s / ours_s, 1),
-        "field_loop_peak_extra_mb": round(field_mb, 1),
-        "reference_seconds": round(ref_s, 3),
-        "speedup": round(ref_s / ours_s, 2),
-        "ours_peak_extra_mb": round(ours_mb, 1),
-        "reference_peak_extra_mb": round(ref_mb, 1),
-        "input_mb": round(distmat.nbytes / 2**20, 1),
-        "max_abs_diff": {
-            "cmc": float(np.abs(ours["cmc"] - ref["cmc"]).max()),
-            "mAP": abs(ours["mAP"] - ref["mAP"]),
-            "mINP": abs(ours["mINP"] - ref["mINP"]),
-            "mAP_vs_field_loop": abs(ours["mAP"] - field["mAP"]),
-            "cmc_vs_field_loop": float(np.abs(ours["cmc"] - field["cmc"]).max()),
-        },
-        "repeats": args.repeats,
-        "mAP": ours["mAP"],
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "evaluate_rank",
+                "size": {
+                    "queries": shape[0],
+                    "gallery": shape[1],
+                    "matches_per_query": float(matches.mean()),
+                    "junk_per_query": float(junk.mean()),
+                },
+                "ours_seconds": round(ours_s, 3),
+                "field_loop_seconds": round(field_s, 3),
+                "speedup_vs_field_loop": round(field_s / ours_s, 1),
+                "field_loop_peak_extra_mb": round(field_mb, 1),
+                "reference_seconds": round(ref_s, 3),
+                "speedup": round(ref_s / ours_s, 2),
+                "ours_peak_extra_mb": round(ours_mb, 1),
+                "reference_peak_extra_mb": round(ref_mb, 1),
+                "input_mb": round(distmat.nbytes / 2**20, 1),
+                "max_abs_diff": {
+                    "cmc": float(np.abs(ours["cmc"] - ref["cmc"]).max()),
+                    "mAP": abs(ours["mAP"] - ref["mAP"]),
+                    "mINP": abs(ours["mINP"] - ref["mINP"]),
+                    "mAP_vs_field_loop": abs(ours["mAP"] - field["mAP"]),
+                    "cmc_vs_field_loop": float(np.abs(ours["cmc"] - field["cmc"]).max()),
+                },
+                "repeats": args.repeats,
+                "mAP": ours["mAP"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

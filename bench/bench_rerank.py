@@ -70,7 +70,9 @@ def main() -> None:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out, big_s, big_mb = measure(k_reciprocal_from_features, big[:big_q], big[big_q:])
         report["n50000"] = {
-            "queries": big_q, "gallery": 50_000 - big_q, "feature_dim": 128,
+            "queries": big_q,
+            "gallery": 50_000 - big_q,
+            "feature_dim": 128,
             "seconds": round(big_s, 1),
             "peak_extra_mb": round(big_mb, 1),
             "output_mb": round(out.nbytes / 2**20, 1),

@@ -66,7 +66,9 @@ def main() -> None:
     args = parser.parse_args()
 
     identities = 50 if args.quick else 400
-    spec = load_preset("target_city").model_copy(update={"identities": identities, "distractors": identities // 2})
+    spec = load_preset("target_city").model_copy(
+        update={"identities": identities, "distractors": identities // 2}
+    )
     images = sum(len(plan.shots) for plan in plan_domain(spec, 0))
     with tempfile.TemporaryDirectory(prefix="bench_synth-", dir=args.out) as scratch:
         rates, cpu_rates = {}, {}
@@ -76,25 +78,29 @@ def main() -> None:
             rates[workers], cpu_rates[workers] = count / elapsed, count / used
     baseline_wall, baseline_cpu = bare_encode(images, spec.style.jpeg_quality)
     baseline, baseline_per_cpu = images / baseline_wall, images / baseline_cpu
-    print(json.dumps({
-        "benchmark": "synth",
-        "preset": spec.name,
-        "image_size": f"{spec.image.height}x{spec.image.width}",
-        "images": images,
-        "workers_1_images_per_s": round(rates[1], 1),
-        "workers_2_images_per_s": round(rates[2], 1),
-        "baseline_bare_jpeg_encode_images_per_s": round(baseline, 1),
-        "ratio_workers_2_vs_bare_encode": round(rates[2] / baseline, 3),
-        "ratio_workers_1_vs_bare_encode": round(rates[1] / baseline, 3),
-        "images_per_cpu_second_workers_1": round(cpu_rates[1], 1),
-        "images_per_cpu_second_workers_2": round(cpu_rates[2], 1),
-        "baseline_images_per_cpu_second": round(baseline_per_cpu, 1),
-        "ratio_per_cpu_second_workers_1_vs_bare_encode": round(cpu_rates[1] / baseline_per_cpu, 3),
-        "target_images_per_s": TARGET_IMAGES_PER_S,
-        "meets_target": rates[2] >= TARGET_IMAGES_PER_S,
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "cpus": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "synth",
+                "preset": spec.name,
+                "image_size": f"{spec.image.height}x{spec.image.width}",
+                "images": images,
+                "workers_1_images_per_s": round(rates[1], 1),
+                "workers_2_images_per_s": round(rates[2], 1),
+                "baseline_bare_jpeg_encode_images_per_s": round(baseline, 1),
+                "ratio_workers_2_vs_bare_encode": round(rates[2] / baseline, 3),
+                "ratio_workers_1_vs_bare_encode": round(rates[1] / baseline, 3),
+                "images_per_cpu_second_workers_1": round(cpu_rates[1], 1),
+                "images_per_cpu_second_workers_2": round(cpu_rates[2], 1),
+                "baseline_images_per_cpu_second": round(baseline_per_cpu, 1),
+                "ratio_per_cpu_second_workers_1_vs_bare_encode": round(cpu_rates[1] / baseline_per_cpu, 3),
+                "target_images_per_s": TARGET_IMAGES_PER_S,
+                "meets_target": rates[2] >= TARGET_IMAGES_PER_S,
+                "load_average_1min": round(os.getloadavg()[0], 2),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

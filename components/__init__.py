@@ -29,9 +29,15 @@ def build_components(image: str | None = None) -> StageComponents:
     from components.image import resolve_image
 
     image = image or resolve_image()
-    return StageComponents(synth=synth.build(image), shard=shard.build(image), collect=collect.build(image),
-                           pretrain=pretrain.build(image), pretrain_multinode=pretrain_multinode.build(image),
-                           evaluate=evaluate.build(image), camera=camera.build(image))
+    return StageComponents(
+        synth=synth.build(image),
+        shard=shard.build(image),
+        collect=collect.build(image),
+        pretrain=pretrain.build(image),
+        pretrain_multinode=pretrain_multinode.build(image),
+        evaluate=evaluate.build(image),
+        camera=camera.build(image),
+    )
 
 
 __all__ = ["StageComponents", "build_components"]

@@ -38,10 +38,18 @@ def camera(
     if target is None:
         raise ConfigError("camera model: no dataset with role 'target' among the sharded datasets")
     uri = runtime.output_uri(model, artifact_root, run_id, task_name)
-    with runtime.private_s3_cache(), \
-            runtime.observed("camera", runtime.metrics_instance(task_name)) as stage_metrics:
-        pretrain.run(cfg, [target], None, uri, runtime.run_context(run_id, task_name),
-                     hooks=(PrometheusHook(stage_metrics),))
+    with (
+        runtime.private_s3_cache(),
+        runtime.observed("camera", runtime.metrics_instance(task_name)) as stage_metrics,
+    ):
+        pretrain.run(
+            cfg,
+            [target],
+            None,
+            uri,
+            runtime.run_context(run_id, task_name),
+            hooks=(PrometheusHook(stage_metrics),),
+        )
     digest = runtime.publish(model, uri)
     return namedtuple("CameraOutputs", ["digest"])(digest)
 

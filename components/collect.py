@@ -23,10 +23,19 @@ def collect_shards(
 
     from components import runtime
 
-    entries = [{"dataset": s.metadata.get("dataset"), "role": s.metadata.get("role"),
-                "uri": runtime.input_uri(s), "digest": s.metadata.get("digest")} for s in shards]
+    entries = [
+        {
+            "dataset": s.metadata.get("dataset"),
+            "role": s.metadata.get("role"),
+            "uri": runtime.input_uri(s),
+            "digest": s.metadata.get("digest"),
+        }
+        for s in shards
+    ]
     runtime.write_manifest(manifest.path, entries)
-    combined = "sha256:" + hashlib.sha256("\n".join(sorted(str(d) for d in shard_digests)).encode()).hexdigest()
+    combined = (
+        "sha256:" + hashlib.sha256("\n".join(sorted(str(d) for d in shard_digests)).encode()).hexdigest()
+    )
     manifest.metadata.update({"datasets": [e["dataset"] for e in entries], "digest": combined})
     return namedtuple("CollectOutputs", ["digest"])(combined)
 

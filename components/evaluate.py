@@ -43,11 +43,19 @@ def evaluate(
     eval_sets = runtime.evaluation_sets(runtime.read_manifest(shards))
     model_uris = [runtime.input_uri(m) for m in models]
     uri = runtime.output_uri(evaluation, artifact_root, run_id, task_name)
-    with runtime.private_s3_cache(), \
-            runtime.observed("evaluate", runtime.metrics_instance(task_name)) as stage_metrics:
-        evaluate.run(cfg, model_uris, eval_sets, uri, runtime.run_context(run_id, task_name),
-                     camera_model=runtime.input_uri(camera) if camera is not None else None,
-                     observer=stage_metrics)
+    with (
+        runtime.private_s3_cache(),
+        runtime.observed("evaluate", runtime.metrics_instance(task_name)) as stage_metrics,
+    ):
+        evaluate.run(
+            cfg,
+            model_uris,
+            eval_sets,
+            uri,
+            runtime.run_context(run_id, task_name),
+            camera_model=runtime.input_uri(camera) if camera is not None else None,
+            observer=stage_metrics,
+        )
     digest = runtime.publish(evaluation, uri)
 
     local = runtime.local_copy(uri)

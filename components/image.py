@@ -29,11 +29,15 @@ def validate_image(reference: str, origin: str = "image") -> str:
     ref = reference.strip()
     match = _REFERENCE.match(ref)
     if not match:
-        raise ConfigError(f"{origin}: {reference!r} is not an image reference "
-                          "(expected registry/name:tag or registry/name@sha256:<64 hex>)")
+        raise ConfigError(
+            f"{origin}: {reference!r} is not an image reference "
+            "(expected registry/name:tag or registry/name@sha256:<64 hex>)"
+        )
     if not match.group("tag") and not match.group("digest"):
-        raise ConfigError(f"{origin}: {reference!r} has neither a tag nor a digest; "
-                          "pin it (…@sha256:…) so KFP caching and lineage mean something")
+        raise ConfigError(
+            f"{origin}: {reference!r} has neither a tag nor a digest; "
+            "pin it (…@sha256:…) so KFP caching and lineage mean something"
+        )
     return ref
 
 

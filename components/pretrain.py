@@ -43,10 +43,18 @@ def pretrain(
     else:
         from reidflow.obs.train_hook import PrometheusHook
 
-        with runtime.private_s3_cache(), \
-                runtime.observed("pretrain", runtime.metrics_instance(task_name, backbone)) as stage_metrics:
-            pretrain.run(cfg, sources, target, uri, runtime.run_context(run_id, task_name),
-                         hooks=(PrometheusHook(stage_metrics),))
+        with (
+            runtime.private_s3_cache(),
+            runtime.observed("pretrain", runtime.metrics_instance(task_name, backbone)) as stage_metrics,
+        ):
+            pretrain.run(
+                cfg,
+                sources,
+                target,
+                uri,
+                runtime.run_context(run_id, task_name),
+                hooks=(PrometheusHook(stage_metrics),),
+            )
     digest = runtime.publish(model, uri, backbone=backbone)
     return namedtuple("PretrainOutputs", ["digest"])(digest)
 

@@ -31,8 +31,10 @@ def pretrain_multinode(
     from reidflow.errors import ConfigError
 
     if not artifact_root.startswith("s3://"):
-        raise ConfigError("kfp.artifact_root: multi-node training needs s3://bucket/prefix "
-                          "(the PyTorchJob pods cannot see this task's local artifact directory)")
+        raise ConfigError(
+            "kfp.artifact_root: multi-node training needs s3://bucket/prefix "
+            "(the PyTorchJob pods cannot see this task's local artifact directory)"
+        )
     params = runtime.load_params_text(params_yaml, [*overrides, f"pretrain.model.backbone={backbone}"])
     cfg = kfp_config(params, source=runtime.PARAMS_SOURCE)
     sources, target = runtime.training_inputs(runtime.read_manifest(shards))
@@ -45,9 +47,15 @@ def pretrain_multinode(
     if cfg.pushgateway_url:
         env["REIDFLOW_PUSHGATEWAY_URL"] = cfg.pushgateway_url
     manifest = pytorchjob.pytorchjob_manifest(
-        name=pytorchjob.job_name("reidflow", run_id[:12], backbone), namespace=cfg.distributed.namespace,
-        image=image, cli_args=cli_args, params_yaml=yaml.safe_dump(params, sort_keys=False),
-        nodes=cfg.distributed.nodes, cfg=cfg, env=env)
+        name=pytorchjob.job_name("reidflow", run_id[:12], backbone),
+        namespace=cfg.distributed.namespace,
+        image=image,
+        cli_args=cli_args,
+        params_yaml=yaml.safe_dump(params, sort_keys=False),
+        nodes=cfg.distributed.nodes,
+        cfg=cfg,
+        env=env,
+    )
     pytorchjob.apply_and_wait(manifest, cfg.distributed.timeout_seconds)
     digest = runtime.publish(model, uri, backbone=backbone)
     return namedtuple("PretrainOutputs", ["digest"])(digest)

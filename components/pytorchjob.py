@@ -38,13 +38,24 @@ def job_name(*parts: str) -> str:
 def torchrun_shell(nproc_per_node: int, cli_args: list[str]) -> str:
     """The pod's shell command: write params from the env, then torchrun the reidflow CLI."""
     args = " ".join(shlex.quote(a) for a in cli_args)
-    return (f'printf "%s" "${PARAMS_ENV}" > {PARAMS_PATH} && exec torchrun '
-            f'--nnodes="$WORLD_SIZE" --node_rank="$RANK" --nproc_per_node={nproc_per_node} '
-            f'--master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" -m reidflow.cli {args}')
+    return (
+        f'printf "%s" "${PARAMS_ENV}" > {PARAMS_PATH} && exec torchrun '
+        f'--nnodes="$WORLD_SIZE" --node_rank="$RANK" --nproc_per_node={nproc_per_node} '
+        f'--master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" -m reidflow.cli {args}'
+    )
 
 
-def pytorchjob_manifest(*, name: str, namespace: str, image: str, cli_args: list[str], params_yaml: str,
-                        nodes: int, cfg: KfpConfig, env: dict[str, str] | None = None) -> dict[str, Any]:
+def pytorchjob_manifest(
+    *,
+    name: str,
+    namespace: str,
+    image: str,
+    cli_args: list[str],
+    params_yaml: str,
+    nodes: int,
+    cfg: KfpConfig,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The PyTorchJob running ``reidflow <cli_args>`` on ``nodes`` pods with ``cfg.gpus`` GPUs each."""
     if nodes < 1:
         raise ConfigError(f"kfp.distributed.nodes: expected >= 1, got {nodes}")
@@ -58,26 +69,43 @@ def pytorchjob_manifest(*, name: str, namespace: str, image: str, cli_args: list
     container_env: list[dict[str, Any]] = [{"name": PARAMS_ENV, "value": params_yaml}]
     container_env += [{"name": k, "value": v} for k, v in sorted((env or {}).items())]
     if cfg.s3_secret is not None:
-        container_env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": cfg.s3_secret.name, "key": key}}}
-                          for key, var in cfg.s3_secret.keys.items()]
+        container_env += [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": cfg.s3_secret.name, "key": key}}}
+            for key, var in cfg.s3_secret.keys.items()
+        ]
     pod_spec: dict[str, Any] = {
-        "containers": [{
-            "name": "pytorch",  # the training operator finds the container by this name
-            "image": image,
-            "command": ["sh", "-c", torchrun_shell(nproc, cli_args)],
-            "env": container_env,
-            "resources": {"requests": {"cpu": res.cpu_request, "memory": res.memory_request}, "limits": limits},
-            "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
-        }],
+        "containers": [
+            {
+                "name": "pytorch",  # the training operator finds the container by this name
+                "image": image,
+                "command": ["sh", "-c", torchrun_shell(nproc, cli_args)],
+                "env": container_env,
+                "resources": {
+                    "requests": {"cpu": res.cpu_request, "memory": res.memory_request},
+                    "limits": limits,
+                },
+                "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+            }
+        ],
         "volumes": [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}],
     }
     if cfg.node_selector:
         pod_spec["nodeSelector"] = dict(cfg.node_selector)
     if cfg.tolerations:
         pod_spec["tolerations"] = [
-            {k: v for k, v in {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
-                               "tolerationSeconds": t.toleration_seconds}.items() if v is not None}
-            for t in cfg.tolerations]
+            {
+                k: v
+                for k, v in {
+                    "key": t.key,
+                    "operator": t.operator,
+                    "value": t.value,
+                    "effect": t.effect,
+                    "tolerationSeconds": t.toleration_seconds,
+                }.items()
+                if v is not None
+            }
+            for t in cfg.tolerations
+        ]
 
     def replica(count: int) -> dict[str, Any]:
         return {"replicas": count, "restartPolicy": "OnFailure", "template": {"spec": pod_spec}}
@@ -88,10 +116,15 @@ def pytorchjob_manifest(*, name: str, namespace: str, image: str, cli_args: list
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PyTorchJob",
-        "metadata": {"name": job_name(name), "namespace": namespace,
-                     "labels": {"app.kubernetes.io/part-of": "reidflow"}},
-        "spec": {"runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": cfg.retry.num_retries},
-                 "pytorchReplicaSpecs": replicas},
+        "metadata": {
+            "name": job_name(name),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "reidflow"},
+        },
+        "spec": {
+            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": cfg.retry.num_retries},
+            "pytorchReplicaSpecs": replicas,
+        },
     }
 
 
@@ -120,7 +153,9 @@ def apply_and_wait(manifest: dict[str, Any], timeout_seconds: int, poll_seconds:
         if state == "Succeeded":
             return
         if state == "Failed":
-            raise ReidflowError(f"PyTorchJob {namespace}/{name} failed: kubectl -n {namespace} describe pytorchjob {name}")
+            raise ReidflowError(
+                f"PyTorchJob {namespace}/{name} failed: kubectl -n {namespace} describe pytorchjob {name}"
+            )
         time.sleep(poll_seconds)
     api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     raise ReidflowError(f"PyTorchJob {namespace}/{name} did not finish within {timeout_seconds} s (deleted)")

@@ -39,7 +39,9 @@ def load_params_text(params_yaml: str, overrides: list[str] | None = None) -> di
     except yaml.YAMLError as exc:
         raise ConfigError(f"{PARAMS_SOURCE}: not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
-        raise ConfigError(f"{PARAMS_SOURCE}: expected a mapping of stage sections, got {type(params).__name__}")
+        raise ConfigError(
+            f"{PARAMS_SOURCE}: expected a mapping of stage sections, got {type(params).__name__}"
+        )
     for override in overrides or []:
         apply_override(params, str(override), source=PARAMS_SOURCE)
     return params
@@ -50,8 +52,12 @@ def run_context(run_id: str, task_name: str) -> RunContext:
 
     The image is recorded only when the pipeline pinned it by digest (the task env says so).
     """
-    return RunContext(orchestrator="kfp", run_id=run_id or None, stage_name=task_name or None,
-                      image=os.environ.get("REIDFLOW_IMAGE_DIGEST") or None)
+    return RunContext(
+        orchestrator="kfp",
+        run_id=run_id or None,
+        stage_name=task_name or None,
+        image=os.environ.get("REIDFLOW_IMAGE_DIGEST") or None,
+    )
 
 
 def output_uri(artifact: KfpArtifact, artifact_root: str, run_id: str, task_name: str, item: str = "") -> str:
@@ -63,7 +69,11 @@ def output_uri(artifact: KfpArtifact, artifact_root: str, run_id: str, task_name
         return artifact.path
     if not artifact_root.startswith("s3://"):
         raise ConfigError(f"artifact_root {artifact_root!r}: expected '' or s3://bucket/prefix")
-    parts = [artifact_root.rstrip("/"), _segment(run_id or "run", "run_id"), _segment(task_name or "task", "task")]
+    parts = [
+        artifact_root.rstrip("/"),
+        _segment(run_id or "run", "run_id"),
+        _segment(task_name or "task", "task"),
+    ]
     if item:
         parts.append(_segment(item, "item"))
     return "/".join(parts)
@@ -106,8 +116,16 @@ def publish(artifact: KfpArtifact, uri: str, **extra: Any) -> str:
     """
     record = read_record(uri)
     digest = record["artifact"]["digest"]
-    artifact.metadata.update({"uri": uri, "digest": digest, "kind": record["artifact"].get("kind"),
-                              "stage": record.get("stage"), "params_digest": record.get("params_digest"), **extra})
+    artifact.metadata.update(
+        {
+            "uri": uri,
+            "digest": digest,
+            "kind": record["artifact"].get("kind"),
+            "stage": record.get("stage"),
+            "params_digest": record.get("params_digest"),
+            **extra,
+        }
+    )
     if uri != artifact.path:
         pointer = Path(artifact.path)
         pointer.mkdir(parents=True, exist_ok=True)
@@ -144,13 +162,18 @@ def shard_raw_uri(params: dict[str, Any], dataset: str, synth_uri: str, synth_ro
         base = Path(synth_uri)
     raw = base / subdir
     if not raw.is_dir():
-        raise ArtifactError(f"datasets.{dataset}.root: {subdir!r} is not in the synth artifact {synth_uri} "
-                            f"(it has: {sorted(p.name for p in base.iterdir() if p.is_dir())})")
+        raise ArtifactError(
+            f"datasets.{dataset}.root: {subdir!r} is not in the synth artifact {synth_uri} "
+            f"(it has: {sorted(p.name for p in base.iterdir() if p.is_dir())})"
+        )
     return str(raw)
 
 
 def dataset_roles(params: dict[str, Any]) -> dict[str, str]:
-    return {name: str((entry or {}).get("role", "source")) for name, entry in (params.get("datasets") or {}).items()}
+    return {
+        name: str((entry or {}).get("role", "source"))
+        for name, entry in (params.get("datasets") or {}).items()
+    }
 
 
 def write_manifest(directory: str, entries: list[dict[str, Any]]) -> None:
@@ -178,10 +201,14 @@ def training_inputs(entries: list[dict[str, Any]]) -> tuple[list[str], str | Non
     sources = uris_by_role(entries, {"source"})
     targets = uris_by_role(entries, {"target"})
     if not sources:
-        raise ConfigError("datasets: no dataset with role 'source' among the sharded datasets "
-                          f"{[e.get('dataset') for e in entries]}; pretraining needs at least one")
+        raise ConfigError(
+            "datasets: no dataset with role 'source' among the sharded datasets "
+            f"{[e.get('dataset') for e in entries]}; pretraining needs at least one"
+        )
     if len(targets) > 1:
-        raise ConfigError(f"datasets: {len(targets)} datasets have role 'target'; pretraining adapts BN to one")
+        raise ConfigError(
+            f"datasets: {len(targets)} datasets have role 'target'; pretraining adapts BN to one"
+        )
     return sources, (targets[0] if targets else None)
 
 
@@ -189,8 +216,10 @@ def evaluation_sets(entries: list[dict[str, Any]]) -> list[str]:
     """Shard URIs evaluated: the unseen ('eval') datasets and the adaptation target."""
     sets = uris_by_role(entries, {"eval", "target"})
     if not sets:
-        raise ConfigError("datasets: no dataset with role 'eval' or 'target' among the sharded datasets "
-                          f"{[e.get('dataset') for e in entries]}; evaluation needs one")
+        raise ConfigError(
+            "datasets: no dataset with role 'eval' or 'target' among the sharded datasets "
+            f"{[e.get('dataset') for e in entries]}; evaluation needs one"
+        )
     return sets
 
 
@@ -264,11 +293,14 @@ CLI_STAGE_COMMANDS = ("pretrain",)
 """`reidflow <command>`s the components launch as processes (torchrun, PyTorchJob); checked by tests."""
 
 
-def stage_cli_args(stage: str, params_file: str, inputs: list[tuple[str, str]], output: str,
-                   task_name: str) -> list[str]:
+def stage_cli_args(
+    stage: str, params_file: str, inputs: list[tuple[str, str]], output: str, task_name: str
+) -> list[str]:
     """Arguments of ``reidflow <stage>`` following the stage contract (``--input NAME=URI``)."""
     if stage not in CLI_STAGE_COMMANDS:
-        raise ConfigError(f"stage {stage!r} is not launched through the CLI (known: {list(CLI_STAGE_COMMANDS)})")
+        raise ConfigError(
+            f"stage {stage!r} is not launched through the CLI (known: {list(CLI_STAGE_COMMANDS)})"
+        )
     args = [stage, "--params", params_file]
     for name, uri in inputs:
         args += ["--input", f"{name}={uri}"]
@@ -279,12 +311,27 @@ def torchrun_argv(nproc_per_node: int, cli_args: list[str]) -> list[str]:
     """One pod, N processes (one per GPU): ``torchrun --standalone --nproc_per_node=N -m reidflow.cli …``."""
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-            "-m", "reidflow.cli", *cli_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc_per_node}",
+        "-m",
+        "reidflow.cli",
+        *cli_args,
+    ]
 
 
-def run_torchrun(stage: str, nproc_per_node: int, params: dict[str, Any], inputs: list[tuple[str, str]],
-                 output: str, run_id: str, task_name: str) -> None:
+def run_torchrun(
+    stage: str,
+    nproc_per_node: int,
+    params: dict[str, Any],
+    inputs: list[tuple[str, str]],
+    output: str,
+    run_id: str,
+    task_name: str,
+) -> None:
     """Run a stage under torchrun in this pod with the resolved params (overrides already applied)."""
     import subprocess
     import tempfile
@@ -294,12 +341,16 @@ def run_torchrun(stage: str, nproc_per_node: int, params: dict[str, Any], inputs
     with tempfile.TemporaryDirectory(prefix="reidflow-params-") as tmp:
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        argv = torchrun_argv(nproc_per_node, stage_cli_args(stage, str(params_file), inputs, output, task_name))
+        argv = torchrun_argv(
+            nproc_per_node, stage_cli_args(stage, str(params_file), inputs, output, task_name)
+        )
         env = {**os.environ, "REIDFLOW_RUN_ID": run_id, "REIDFLOW_ORCHESTRATOR": "kfp"}
         result = subprocess.run(argv, env=env, check=False)
         if result.returncode != 0:
-            raise ReidflowError(f"{stage} under torchrun (nproc_per_node={nproc_per_node}) exited with "
-                                f"status {result.returncode}; see the task log above")
+            raise ReidflowError(
+                f"{stage} under torchrun (nproc_per_node={nproc_per_node}) exited with "
+                f"status {result.returncode}; see the task log above"
+            )
 
 
 def metrics_instance(task_name: str, item: str = "") -> str:

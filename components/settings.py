@@ -46,11 +46,14 @@ class S3Secret(StrictModel):
     """A Kubernetes secret holding the S3 credentials; its keys are mapped to the AWS_* variables."""
 
     name: str = "reidflow-s3"
-    keys: dict[str, str] = Field(default_factory=lambda: {
-        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-        "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-    }, description="secret key -> environment variable")
+    keys: dict[str, str] = Field(
+        default_factory=lambda: {
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+        },
+        description="secret key -> environment variable",
+    )
 
     @field_validator("keys")
     @classmethod
@@ -72,18 +75,26 @@ class Distributed(StrictModel):
 class KfpConfig(StrictModel):
     image: str | None = Field(None, description="image reference; REIDFLOW_IMAGE overrides it (pin a digest)")
     pipeline_name: str = Field("reidflow", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    artifact_root: str = Field("", description="'' = KFP's artifact store; s3://bucket/prefix = stages write there")
+    artifact_root: str = Field(
+        "", description="'' = KFP's artifact store; s3://bucket/prefix = stages write there"
+    )
     datasets: list[str] | None = Field(None, description="names under 'datasets:' to shard (default: all)")
-    backbones: list[str] | None = Field(None, description="pretrain fan-out (default: pretrain.model.backbone)")
+    backbones: list[str] | None = Field(
+        None, description="pretrain fan-out (default: pretrain.model.backbone)"
+    )
     synth_root: str = Field("data/synth", description="dataset roots under this path read the synth artifact")
     gpus: int = Field(1, ge=0, description="GPUs per training pod (torchrun --nproc_per_node when > 1)")
     accelerator_type: str = "nvidia.com/gpu"
-    train_resources: Resources = Field(default_factory=lambda: Resources(
-        cpu_request="4", cpu_limit="8", memory_request="16Gi", memory_limit="32Gi"))
+    train_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpu_request="4", cpu_limit="8", memory_request="16Gi", memory_limit="32Gi"
+        )
+    )
     default_resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict, description="labels training pods must match")
-    tolerations: list[Toleration] = Field(default_factory=lambda: [
-        Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
     shm_size: str = Field("8Gi", description="memory-backed /dev/shm for DataLoader workers")
     s3_secret: S3Secret | None = Field(default_factory=S3Secret)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)

@@ -3,5 +3,13 @@
 from pipelines.reid_pipeline import ALL_STAGES, PipelinePlan, build_pipeline, plan_pipeline
 from pipelines.runner import LocalRun, compile_pipeline, run_local, submit
 
-__all__ = ["ALL_STAGES", "LocalRun", "PipelinePlan", "build_pipeline", "compile_pipeline", "plan_pipeline",
-           "run_local", "submit"]
+__all__ = [
+    "ALL_STAGES",
+    "LocalRun",
+    "PipelinePlan",
+    "build_pipeline",
+    "compile_pipeline",
+    "plan_pipeline",
+    "run_local",
+    "submit",
+]

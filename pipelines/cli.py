@@ -8,12 +8,16 @@ import typer
 pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow pipeline: compile, run locally, submit.")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params YAML file")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override: section.key=value (YAML value)")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-S", help="override: section.key=value (YAML value)")
+]
 
 
 @pipeline_app.command("compile")
 def compile_cmd(
-    output: Annotated[Path, typer.Option("--output", "-o", help="pipeline package (.yaml)")] = Path("reid_pipeline.yaml"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="pipeline package (.yaml)")] = Path(
+        "reid_pipeline.yaml"
+    ),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -25,11 +29,17 @@ def compile_cmd(
 
 @pipeline_app.command("run")
 def run_cmd(
-    local: Annotated[bool, typer.Option("--local", help="run on this machine with kfp.local (required)")] = False,
-    pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where local artifacts go")] = Path("artifacts/kfp"),
+    local: Annotated[
+        bool, typer.Option("--local", help="run on this machine with kfp.local (required)")
+    ] = False,
+    pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where local artifacts go")] = Path(
+        "artifacts/kfp"
+    ),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    until: Annotated[str, typer.Option("--until", help="last stage to run: synth | shard | pretrain | evaluate")] = "evaluate",
+    until: Annotated[
+        str, typer.Option("--until", help="last stage to run: synth | shard | pretrain | evaluate")
+    ] = "evaluate",
 ) -> None:
     """Run the whole pipeline locally (CPU, subprocess runner); prints the report and metrics paths."""
     from pipelines.reid_pipeline import ALL_STAGES
@@ -37,7 +47,9 @@ def run_cmd(
     from reidflow.errors import ConfigError
 
     if not local:
-        raise ConfigError("reidflow pipeline run: only --local is supported; use `reidflow pipeline submit` for a cluster")
+        raise ConfigError(
+            "reidflow pipeline run: only --local is supported; use `reidflow pipeline submit` for a cluster"
+        )
     if until not in ALL_STAGES:
         raise ConfigError(f"--until {until!r}: expected one of {list(ALL_STAGES)}")
     result = run_local(params, pipeline_root, set_ or [], stages=ALL_STAGES[: ALL_STAGES.index(until) + 1])
@@ -52,10 +64,14 @@ def run_cmd(
 @pipeline_app.command("submit")
 def submit_cmd(
     host: Annotated[str, typer.Option("--host", help="KFP API URL")],
-    package: Annotated[Path, typer.Option("--package", help="compiled pipeline YAML")] = Path("reid_pipeline.yaml"),
+    package: Annotated[Path, typer.Option("--package", help="compiled pipeline YAML")] = Path(
+        "reid_pipeline.yaml"
+    ),
     experiment: Annotated[str | None, typer.Option("--experiment")] = None,
     namespace: Annotated[str | None, typer.Option("--namespace")] = None,
-    arg: Annotated[list[str] | None, typer.Option("--arg", help="pipeline argument NAME=VALUE (YAML value)")] = None,
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", help="pipeline argument NAME=VALUE (YAML value)")
+    ] = None,
     run_name: Annotated[str | None, typer.Option("--run-name")] = None,
 ) -> None:
     """Submit a compiled package to a Kubeflow Pipelines server; prints the run id."""

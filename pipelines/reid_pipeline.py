@@ -53,9 +53,15 @@ def plan_pipeline(params: dict[str, Any], source: str = "params.yaml") -> Pipeli
     """
     cfg = kfp_config(params, source=source)
     text = json.dumps(params, separators=(",", ":"), default=str)
-    return PipelinePlan(params_text=text, params=params, cfg=cfg, image=resolve_image(params),
-                        datasets=pipeline_datasets(params, cfg, source), backbones=pipeline_backbones(params, cfg, source),
-                        source=source)
+    return PipelinePlan(
+        params_text=text,
+        params=params,
+        cfg=cfg,
+        image=resolve_image(params),
+        datasets=pipeline_datasets(params, cfg, source),
+        backbones=pipeline_backbones(params, cfg, source),
+        source=source,
+    )
 
 
 def _check_stages(stages: Sequence[str]) -> tuple[str, ...]:
@@ -77,8 +83,10 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
     comps = build_components(image)
     multinode = cfg.distributed.nodes > 1
 
-    @dsl.pipeline(name=cfg.pipeline_name,
-                  description="reidflow: synthetic/real re-ID data -> shards -> pretrained backbones -> ensemble evaluation")
+    @dsl.pipeline(
+        name=cfg.pipeline_name,
+        description="reidflow: synthetic/real re-ID data -> shards -> pretrained backbones -> ensemble evaluation",
+    )
     def reid_pipeline(
         params_yaml: str = plan.params_text,
         backbones: list = plan.backbones,
@@ -91,27 +99,43 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
         pretrain_overrides: list = [],  # noqa: B006
         evaluate_overrides: list = [],  # noqa: B006
     ) -> None:
-        synth = comps.synth(params_yaml=params_yaml, overrides=synth_overrides, artifact_root=artifact_root,
-                            params_digest=params_digest)
+        synth = comps.synth(
+            params_yaml=params_yaml,
+            overrides=synth_overrides,
+            artifact_root=artifact_root,
+            params_digest=params_digest,
+        )
         apply_common(synth, cfg, image)
         if "shard" not in stages:
             return
         with dsl.ParallelFor(datasets, name="datasets") as dataset:
-            shard = comps.shard(params_yaml=params_yaml, overrides=shard_overrides, dataset=dataset,
-                                raw=synth.outputs["raw"], artifact_root=artifact_root, synth_root=synth_root,
-                                params_digest=params_digest,
-                                raw_digest=synth.outputs["digest"] if wire_loop_digests else "")
+            shard = comps.shard(
+                params_yaml=params_yaml,
+                overrides=shard_overrides,
+                dataset=dataset,
+                raw=synth.outputs["raw"],
+                artifact_root=artifact_root,
+                synth_root=synth_root,
+                params_digest=params_digest,
+                raw_digest=synth.outputs["digest"] if wire_loop_digests else "",
+            )
             apply_common(shard, cfg, image)
-        collect = comps.collect(shards=dsl.Collected(shard.outputs["shards"]),
-                                shard_digests=dsl.Collected(shard.outputs["digest"]))
+        collect = comps.collect(
+            shards=dsl.Collected(shard.outputs["shards"]),
+            shard_digests=dsl.Collected(shard.outputs["digest"]),
+        )
         apply_common(collect, cfg, image)
         if "pretrain" not in stages:
             return
         shards_digest = collect.outputs["digest"]
         with dsl.ParallelFor(backbones, name="backbones") as backbone:
             common: dict[str, Any] = {
-                "params_yaml": params_yaml, "overrides": pretrain_overrides, "backbone": backbone,
-                "shards": collect.outputs["manifest"], "artifact_root": artifact_root, "params_digest": params_digest,
+                "params_yaml": params_yaml,
+                "overrides": pretrain_overrides,
+                "backbone": backbone,
+                "shards": collect.outputs["manifest"],
+                "artifact_root": artifact_root,
+                "params_digest": params_digest,
                 "shards_digest": shards_digest if wire_loop_digests else "",
             }
             if multinode:  # the task only launches a PyTorchJob; the job's pods get the GPUs
@@ -124,15 +148,27 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
             return
         extra: dict[str, Any] = {}
         if plan.camera:  # the camera model of the camera-similarity correction (evaluate.camera.enabled)
-            cam = comps.camera(params_yaml=params_yaml, overrides=pretrain_overrides, shards=collect.outputs["manifest"],
-                               artifact_root=artifact_root, params_digest=params_digest, shards_digest=shards_digest)
+            cam = comps.camera(
+                params_yaml=params_yaml,
+                overrides=pretrain_overrides,
+                shards=collect.outputs["manifest"],
+                artifact_root=artifact_root,
+                params_digest=params_digest,
+                shards_digest=shards_digest,
+            )
             apply_training(apply_common(cam, cfg, image), cfg)
             extra["camera"] = cam.outputs["model"]
-        evaluate = comps.evaluate(params_yaml=params_yaml, overrides=evaluate_overrides,
-                                  shards=collect.outputs["manifest"], models=dsl.Collected(pretrain.outputs["model"]),
-                                  artifact_root=artifact_root, params_digest=params_digest,
-                                  shards_digest=shards_digest, model_digests=dsl.Collected(pretrain.outputs["digest"]),
-                                  **extra)
+        evaluate = comps.evaluate(
+            params_yaml=params_yaml,
+            overrides=evaluate_overrides,
+            shards=collect.outputs["manifest"],
+            models=dsl.Collected(pretrain.outputs["model"]),
+            artifact_root=artifact_root,
+            params_digest=params_digest,
+            shards_digest=shards_digest,
+            model_digests=dsl.Collected(pretrain.outputs["digest"]),
+            **extra,
+        )
         apply_shm(apply_common(evaluate, cfg, image), cfg.shm_size)
 
     return reid_pipeline

@@ -39,8 +39,12 @@ class LocalRun:
     metrics: Path | None = None
 
 
-def run_local(params_path: str | Path, pipeline_root: str | Path, overrides: Sequence[str] = (),
-              stages: Sequence[str] = ALL_STAGES) -> LocalRun:
+def run_local(
+    params_path: str | Path,
+    pipeline_root: str | Path,
+    overrides: Sequence[str] = (),
+    stages: Sequence[str] = ALL_STAGES,
+) -> LocalRun:
     """Run the pipeline on this machine with kfp.local's subprocess runner (CPU; cluster settings ignored).
 
     Components run in this Python environment (reidflow and the ``components`` package must be
@@ -61,7 +65,9 @@ def run_local(params_path: str | Path, pipeline_root: str | Path, overrides: Seq
         pipeline()
     except RuntimeError as exc:  # kfp.local's way of reporting a failed task
         raise ReidflowError(f"local pipeline run failed: {exc}") from exc
-    new_runs = sorted((p for p in set(root.iterdir()) - before if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    new_runs = sorted(
+        (p for p in set(root.iterdir()) - before if p.is_dir()), key=lambda p: p.stat().st_mtime
+    )
     if not new_runs:
         raise ReidflowError(f"{root}: the local run left no run directory")
     return collect_local_run(new_runs[-1])
@@ -80,9 +86,15 @@ def collect_local_run(run_dir: Path) -> LocalRun:
     return result
 
 
-def submit(package: str | Path, host: str, experiment: str | None = None, namespace: str | None = None,
-           arguments: dict[str, Any] | None = None, run_name: str | None = None,
-           enable_caching: bool | None = None) -> str:
+def submit(
+    package: str | Path,
+    host: str,
+    experiment: str | None = None,
+    namespace: str | None = None,
+    arguments: dict[str, Any] | None = None,
+    run_name: str | None = None,
+    enable_caching: bool | None = None,
+) -> str:
     """Submit a compiled package to the KFP API at ``host``; returns the run id."""
     import kfp
 
@@ -90,9 +102,16 @@ def submit(package: str | Path, host: str, experiment: str | None = None, namesp
     if not package.is_file():
         raise ConfigError(f"{package}: pipeline package not found (run `reidflow pipeline compile` first)")
     if not host.startswith(("http://", "https://")):
-        raise ConfigError(f"--host {host!r}: expected the KFP API URL, e.g. https://kubeflow.example.com/pipeline")
+        raise ConfigError(
+            f"--host {host!r}: expected the KFP API URL, e.g. https://kubeflow.example.com/pipeline"
+        )
     client = kfp.Client(host=host, namespace=namespace)
-    result = client.create_run_from_pipeline_package(str(package), arguments=arguments or {}, run_name=run_name,
-                                                     experiment_name=experiment, namespace=namespace,
-                                                     enable_caching=enable_caching)
+    result = client.create_run_from_pipeline_package(
+        str(package),
+        arguments=arguments or {},
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+        enable_caching=enable_caching,
+    )
     return str(result.run_id)

@@ -15,8 +15,20 @@ reidflow synth --output data/synth --reuse
 dvc add -q data            # data.dvc records the raw data's md5 (unchanged when the bytes are the same)
 dvc repro
 echo
-echo "== metrics (dvc metrics show)"
-dvc metrics show --precision 3 2>/dev/null | grep -E "Path|summary|same_domain_mAP|cross_domain_mAP" | head -40 || true
+echo "== results (all metrics: dvc metrics show; plots: dvc plots show)"
+"$BIN/python" - <<'PY'
+import json, pathlib
+for model in sorted(pathlib.Path("artifacts/models").glob("*/metrics.json")):
+    ev = json.loads(model.read_text()).get("eval")
+    if ev:
+        print(f"{model.parent.name:>18}: same-domain mAP {100 * ev['same_domain_mAP']:5.1f}   "
+              f"cross-domain (target) mAP {100 * ev.get('cross_domain_mAP', float('nan')):5.1f}")
+summary = json.loads(pathlib.Path("artifacts/evaluate/metrics.json").read_text())["summary"]
+for dataset, per_model in summary.items():
+    for name, v in per_model.items():
+        print(f"{dataset:>14} {name:>18}: mAP {100 * v['mAP']:5.1f}  rank-1 {100 * v['rank1']:5.1f}  "
+              f"mINP {100 * v['mINP']:5.1f}")
+PY
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"
 echo "report: $PWD/artifacts/evaluate/report.html (Markdown: artifacts/evaluate/report.md)"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
-
-import logging
 
 import pytest
 
@@ -68,10 +67,13 @@ def pushgateway() -> Iterator[str]:
 
     exe = shutil.which("prometheus-pushgateway")
     if exe is None:
-        pytest.fail("prometheus-pushgateway is not installed: run .ci/system-deps (apt-get install prometheus-pushgateway)")
+        pytest.fail(
+            "prometheus-pushgateway is not installed: run .ci/system-deps (apt-get install prometheus-pushgateway)"
+        )
     port = free_port()
-    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -24,12 +24,28 @@ def tiny_params(data_root: str = "data/synth", all_domains: bool = False) -> dic
     which dvc.yaml names explicitly.
     """
     p = copy.deepcopy(repo_params())
-    small = {"identities": 10, "cameras": 3, "cameras_per_identity": [2, 3], "distractors": 4,
-             "images_per_identity_camera": [2, 3], "image": {"height": 64, "width": 32}}
+    small = {
+        "identities": 10,
+        "cameras": 3,
+        "cameras_per_identity": [2, 3],
+        "distractors": 4,
+        "images_per_identity_camera": [2, 3],
+        "image": {"height": 64, "width": 32},
+    }
     names = list(p["datasets"]) if all_domains else ["mall_warm", "night_station", "target_city"]
-    p["synth"] = {"seed": 0, "workers": 1, "domains": [{"preset": name, "overrides": small} for name in names]}
-    p["datasets"] = {name: {"reader": "market1501", "root": f"{data_root}/{name}",
-                            "role": "target" if name == "target_city" else "source"} for name in names}
+    p["synth"] = {
+        "seed": 0,
+        "workers": 1,
+        "domains": [{"preset": name, "overrides": small} for name in names],
+    }
+    p["datasets"] = {
+        name: {
+            "reader": "market1501",
+            "root": f"{data_root}/{name}",
+            "role": "target" if name == "target_city" else "source",
+        }
+        for name in names
+    }
     for section in ("pretrain", "camera"):
         s = p[section]
         s["transforms"] = {**s["transforms"], "height": 64, "width": 32}
@@ -49,10 +65,16 @@ def write_params(path: Path, params: dict[str, Any]) -> Path:
     return path
 
 
-def reidflow(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def reidflow(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run the real ``reidflow`` console script of this venv."""
     exe = Path(sys.executable).parent / "reidflow"
-    proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=900
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"reidflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"reidflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc

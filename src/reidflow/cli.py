@@ -7,23 +7,29 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from reidflow.errors import ReidflowError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="reidflow: reproducible, auditable domain-generalizable person re-ID pipelines.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="reidflow: reproducible, auditable domain-generalizable person re-ID pipelines.",
+)
 err_console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params YAML file")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override: section.key=value (YAML value)")]
-InputOpt = Annotated[Optional[list[str]], typer.Option("--input", "-i", help="NAME=URI of an input artifact")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-S", help="override: section.key=value (YAML value)")
+]
+InputOpt = Annotated[list[str] | None, typer.Option("--input", "-i", help="NAME=URI of an input artifact")]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="output artifact directory (path or s3://)")]
-OrchOpt = Annotated[Optional[str], typer.Option("--orchestrator", help="dvc | kfp | cli (recorded in lineage)")]
-StageNameOpt = Annotated[Optional[str], typer.Option("--stage-name", help="orchestrator's stage/task name")]
+OrchOpt = Annotated[str | None, typer.Option("--orchestrator", help="dvc | kfp | cli (recorded in lineage)")]
+StageNameOpt = Annotated[str | None, typer.Option("--stage-name", help="orchestrator's stage/task name")]
 
 
 def _inputs(pairs: list[str] | None) -> dict[str, list[str]]:
@@ -55,7 +61,9 @@ def synth(
     output: OutputOpt = "data/synth",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    reuse: Annotated[bool, typer.Option("--reuse", help="keep an existing output made from the same params")] = False,
+    reuse: Annotated[
+        bool, typer.Option("--reuse", help="keep an existing output made from the same params")
+    ] = False,
     orchestrator: OrchOpt = None,
     stage_name: StageNameOpt = None,
 ) -> None:
@@ -91,8 +99,10 @@ def shard(
     err_console.print(f"[green]shard[/green]: wrote {out}")
 
 
-MetricsPortOpt = Annotated[Optional[int], typer.Option("--metrics-port", help="serve Prometheus /metrics on this "
-                                                       "port while the stage runs")]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option("--metrics-port", help="serve Prometheus /metrics on this port while the stage runs"),
+]
 
 
 @contextmanager
@@ -124,8 +134,12 @@ def pretrain(
     input_: InputOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    backbone: Annotated[Optional[str], typer.Option("--backbone", help="shortcut for --set pretrain.model.backbone=")] = None,
-    section_name: Annotated[str, typer.Option("--section", help="params section to read (e.g. camera)")] = "pretrain",
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="shortcut for --set pretrain.model.backbone=")
+    ] = None,
+    section_name: Annotated[
+        str, typer.Option("--section", help="params section to read (e.g. camera)")
+    ] = "pretrain",
     resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
     metrics_port: MetricsPortOpt = None,
     orchestrator: OrchOpt = None,
@@ -144,8 +158,15 @@ def pretrain(
     inputs = _inputs(input_)
     _reject_unknown_inputs(inputs, {"source", "target"})
     with _observed(section_name, _instance(output), metrics_port) as metrics:
-        out = stage.run(cfg, inputs.get("source", []), (inputs.get("target") or [None])[0], output,
-                        _ctx(orchestrator, stage_name), resume=resume, hooks=(PrometheusHook(metrics),))
+        out = stage.run(
+            cfg,
+            inputs.get("source", []),
+            (inputs.get("target") or [None])[0],
+            output,
+            _ctx(orchestrator, stage_name),
+            resume=resume,
+            hooks=(PrometheusHook(metrics),),
+        )
     err_console.print(f"[green]{section_name}[/green]: wrote {out}")
 
 
@@ -168,9 +189,15 @@ def evaluate(
     inputs = _inputs(input_)
     _reject_unknown_inputs(inputs, {"model", "eval", "camera"})
     with _observed("evaluate", _instance(output), metrics_port) as metrics:
-        out = stage.run(cfg, inputs.get("model", []), inputs.get("eval", []), output,
-                        _ctx(orchestrator, stage_name), camera_model=(inputs.get("camera") or [None])[0],
-                        observer=metrics)
+        out = stage.run(
+            cfg,
+            inputs.get("model", []),
+            inputs.get("eval", []),
+            output,
+            _ctx(orchestrator, stage_name),
+            camera_model=(inputs.get("camera") or [None])[0],
+            observer=metrics,
+        )
     err_console.print(f"[green]evaluate[/green]: wrote {out} (report: {out}/report.html)")
 
 
@@ -211,8 +238,12 @@ _mount_pipeline_commands()
 
 lineage_app = typer.Typer(no_args_is_help=True, help="Show, verify and draw the ancestry of an artifact.")
 app.add_typer(lineage_app, name="lineage")
-BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="directory relative input URIs resolve against "
-                                                 "(default: the current directory)")]
+BaseOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--base", help="directory relative input URIs resolve against (default: the current directory)"
+    ),
+]
 
 
 @lineage_app.command("show")
@@ -229,13 +260,17 @@ def lineage_verify(uri: str, base: BaseOpt = None) -> None:
     from reidflow.store.ancestry import verify
 
     checked = verify(uri, base=base)
-    err_console.print(f"[green]ok[/green]: {len(checked)} artifact(s) verified: " + ", ".join(checked),
-                      markup=True, highlight=False)
+    err_console.print(
+        f"[green]ok[/green]: {len(checked)} artifact(s) verified: " + ", ".join(checked),
+        markup=True,
+        highlight=False,
+    )
 
 
 @lineage_app.command("graph")
-def lineage_graph(uri: str, format_: Annotated[str, typer.Option("--format", "-f")] = "mermaid",
-                  base: BaseOpt = None) -> None:
+def lineage_graph(
+    uri: str, format_: Annotated[str, typer.Option("--format", "-f")] = "mermaid", base: BaseOpt = None
+) -> None:
     """Draw the ancestry as a Mermaid flowchart or a Graphviz dot graph."""
     from reidflow.store.ancestry import load_tree, render_graph
 
@@ -255,9 +290,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except ReidflowError as exc:
-        from reidflow.store.lineage import scrub
-
         from rich.text import Text
+
+        from reidflow.store.lineage import scrub
 
         err_console.print(Text("error: ", style="red") + Text(scrub(str(exc))), highlight=False)
         sys.exit(2)

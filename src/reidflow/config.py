@@ -37,7 +37,9 @@ def load_params(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
-        raise ConfigError(f"{path}: expected a mapping of stage sections at the top level, got {type(params).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of stage sections at the top level, got {type(params).__name__}"
+        )
     for override in overrides:
         apply_override(params, override, source=str(path))
     return params
@@ -93,6 +95,14 @@ def section(params: dict[str, Any], name: str, model: type[T], source: str = "pa
         return model.model_validate(copy.deepcopy(raw))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, name)) from None
+
+
+def validate_as(model: type[T], data: Any, where: str) -> T:
+    """``model.model_validate(data)`` with errors as one ConfigError naming ``where.<dotted key>``."""
+    try:
+        return model.model_validate(dict(data) if isinstance(data, dict) else data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "params", where)) from None
 
 
 def format_validation_error(exc: ValidationError, source: str, prefix: str) -> str:

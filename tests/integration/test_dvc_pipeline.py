@@ -18,7 +18,9 @@ DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def run(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        list(args), cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=1200
+    )
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -34,9 +36,16 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     params = tiny_params(all_domains=True)
     params["evaluate"]["report"]["retrieval_queries"] = 2
     write_params(root / "params.yaml", params)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "REIDFLOW_NO_PROGRESS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "REIDFLOW_NO_PROGRESS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     run("git", "init", "-q", cwd=root, env=env)
     reidflow("synth", "--output", "data/synth", cwd=root, env=env)
     run(DVC, "add", "-q", "data", cwd=root, env=env)
@@ -48,13 +57,19 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def test_repro_builds_every_stage_and_is_up_to_date(project):
     root, env = project
-    for rel in ("artifacts/shards/personx_like", "artifacts/models/osnet_x0_25",
-                "artifacts/models/mobilenetv2_x0_5", "artifacts/models/camera", "artifacts/evaluate"):
+    for rel in (
+        "artifacts/shards/personx_like",
+        "artifacts/models/osnet_x0_25",
+        "artifacts/models/mobilenetv2_x0_5",
+        "artifacts/models/camera",
+        "artifacts/evaluate",
+    ):
         assert (root / rel / "lineage.json").is_file(), rel
     lineage = json.loads((root / "artifacts/models/osnet_x0_25/lineage.json").read_text())
     assert lineage["runtime"]["orchestrator"] == "dvc" and lineage["stage"] == "pretrain@osnet_x0_25"
-    assert "up to date" in run(DVC, "status", cwd=root, env=env) or "Data and pipelines are up to date" in run(
-        DVC, "status", cwd=root, env=env)
+    assert "up to date" in run(
+        DVC, "status", cwd=root, env=env
+    ) or "Data and pipelines are up to date" in run(DVC, "status", cwd=root, env=env)
     shown = reidflow("lineage", "show", "artifacts/evaluate", cwd=root, env=env).stdout
     assert "data.dvc md5" in shown
     reidflow("lineage", "verify", "artifacts/evaluate", cwd=root, env=env)
@@ -85,9 +100,19 @@ def test_failed_stage_is_not_done_and_rerun_succeeds(project):
     params_file = root / "params.yaml"
     good = params_file.read_text()
     params_file.write_text(good.replace("k1: 20", "k1: 0"))
-    proc = subprocess.run([DVC, "repro", "evaluate"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [DVC, "repro", "evaluate"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode != 0 and "evaluate.rerank.k1" in proc.stdout + proc.stderr
-    assert not (root / "artifacts/evaluate/lineage.json").exists(), "a failed stage leaves no complete artifact"
+    assert not (root / "artifacts/evaluate/lineage.json").exists(), (
+        "a failed stage leaves no complete artifact"
+    )
     assert "evaluate" in run(DVC, "status", cwd=root, env=env)
     params_file.write_text(good)
     run(DVC, "repro", "evaluate", cwd=root, env=env)

@@ -18,28 +18,56 @@ ROOT = Path(__file__).resolve().parents[2]
 # The stages the local run covers: a prefix of ALL_STAGES. Before pretrain/evaluate existed this was
 # ("synth", "shard"); the whole chain runs now.
 LOCAL_RUN_STAGES = ("synth", "shard", "pretrain", "evaluate")
-TINY_DOMAIN = {"identities": 8, "cameras": 3, "cameras_per_identity": [2, 2], "images_per_identity_camera": [2, 3],
-               "distractors": 0, "image": {"height": 64, "width": 32}}
+TINY_DOMAIN = {
+    "identities": 8,
+    "cameras": 3,
+    "cameras_per_identity": [2, 2],
+    "images_per_identity_camera": [2, 3],
+    "distractors": 0,
+    "image": {"height": 64, "width": 32},
+}
 
 
 def tiny_params(**kfp: Any) -> dict[str, Any]:
     return {
-        "synth": {"seed": 0, "workers": 1, "domains": [{"preset": "mall_warm", "overrides": TINY_DOMAIN},
-                                                       {"preset": "night_station", "overrides": TINY_DOMAIN}]},
+        "synth": {
+            "seed": 0,
+            "workers": 1,
+            "domains": [
+                {"preset": "mall_warm", "overrides": TINY_DOMAIN},
+                {"preset": "night_station", "overrides": TINY_DOMAIN},
+            ],
+        },
         "shard": {"shard_max_mb": 1},
         "datasets": {
             "mall_warm": {"reader": "market1501", "root": "data/synth/mall_warm", "role": "source"},
             "night_station": {"reader": "market1501", "root": "data/synth/night_station", "role": "target"},
         },
-        "pretrain": {"model": {"backbone": "osnet_x0_25"}, "transforms": {"height": 64, "width": 32},
-                     "sampler": {"P": 4, "K": 2}, "engine": {"epochs": 1, "max_iters": 2, "device": "cpu"},
-                     "num_workers": 0, "eval": {"enabled": False}},
-        "camera": {"labels": "camera", "model": {"backbone": "osnet_x0_25"}, "transforms": {"height": 64, "width": 32},
-                   "sampler": {"P": 3, "K": 2}, "loss": {"triplet_weight": 0.0},
-                   "engine": {"epochs": 1, "max_iters": 2, "device": "cpu"}, "num_workers": 0,
-                   "eval": {"enabled": False}},
-        "evaluate": {"device": "cpu", "batch_size": 32, "rerank": {"enabled": False}, "camera": {"enabled": True},
-                     "report": {"embedding": "none", "retrieval_queries": 2}},
+        "pretrain": {
+            "model": {"backbone": "osnet_x0_25"},
+            "transforms": {"height": 64, "width": 32},
+            "sampler": {"P": 4, "K": 2},
+            "engine": {"epochs": 1, "max_iters": 2, "device": "cpu"},
+            "num_workers": 0,
+            "eval": {"enabled": False},
+        },
+        "camera": {
+            "labels": "camera",
+            "model": {"backbone": "osnet_x0_25"},
+            "transforms": {"height": 64, "width": 32},
+            "sampler": {"P": 3, "K": 2},
+            "loss": {"triplet_weight": 0.0},
+            "engine": {"epochs": 1, "max_iters": 2, "device": "cpu"},
+            "num_workers": 0,
+            "eval": {"enabled": False},
+        },
+        "evaluate": {
+            "device": "cpu",
+            "batch_size": 32,
+            "rerank": {"enabled": False},
+            "camera": {"enabled": True},
+            "report": {"embedding": "none", "retrieval_queries": 2},
+        },
         "kfp": {"backbones": ["osnet_x0_25", "mobilenetv2_x0_5"], **kfp},
     }
 
@@ -48,7 +76,9 @@ def tiny_params(**kfp: Any) -> dict[str, Any]:
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory for the run; tasks are subprocesses, so they get the repo via PYTHONPATH."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    )
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     return tmp_path
@@ -66,7 +96,9 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
     result = run_local(workdir / "params.yaml", workdir / "kfp-root", stages=LOCAL_RUN_STAGES)
 
     expected = {"synth": 1, "shard": 2, "pretrain": 2, "evaluate": 1}
-    assert {s: len(result.artifacts.get(s, [])) for s in LOCAL_RUN_STAGES} == {s: expected[s] for s in LOCAL_RUN_STAGES}
+    assert {s: len(result.artifacts.get(s, [])) for s in LOCAL_RUN_STAGES} == {
+        s: expected[s] for s in LOCAL_RUN_STAGES
+    }
     records = {s: [lineage(p) for p in paths] for s, paths in result.artifacts.items()}
     for stage, recs in records.items():
         for rec in recs:
@@ -74,7 +106,10 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
             assert rec["runtime"]["run_id"], stage
             assert rec["stage"] == stage
     assert len(records["synth"]) == 1
-    assert sorted(p.name for p in result.artifacts["synth"][0].iterdir() if p.is_dir()) == ["mall_warm", "night_station"]
+    assert sorted(p.name for p in result.artifacts["synth"][0].iterdir() if p.is_dir()) == [
+        "mall_warm",
+        "night_station",
+    ]
     shard_by_dataset = {r["params"]["dataset"]["name"]: r for r in records["shard"]}
     assert set(shard_by_dataset) == {"mall_warm", "night_station"}
     for name, rec in shard_by_dataset.items():
@@ -84,9 +119,10 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
         return
 
     source_digest = shard_by_dataset["mall_warm"]["artifact"]["digest"]
+    target_digest = shard_by_dataset["night_station"]["artifact"]["digest"]
     backbones = set()
     for rec in records["pretrain"]:
-        assert [i["digest"] for i in rec["inputs"]] == [source_digest]  # sources only: no target dataset
+        assert [i["digest"] for i in rec["inputs"]] == [source_digest, target_digest]  # BN adapted on the target
         backbones.add(rec["params"]["model"]["backbone"])
     assert backbones == {"osnet_x0_25", "mobilenetv2_x0_5"}
     if "evaluate" not in LOCAL_RUN_STAGES:
@@ -97,6 +133,8 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
     assert {r["artifact"]["digest"] for r in records["pretrain"]} <= input_digests
     assert shard_by_dataset["night_station"]["artifact"]["digest"] in input_digests
     assert source_digest not in input_digests  # sources are not evaluation sets
+    camera_inputs = [i for i in evaluation["inputs"] if i["name"] == "camera"]
+    assert len(camera_inputs) == 1, "evaluate.camera.enabled wires the camera model into the evaluation"
     assert result.report is not None and result.report.is_file()
     scores = json.loads(result.metrics.read_text())
     assert set(scores["summary"]["night_station"]) == {"osnet_x0_25", "mobilenetv2_x0_5", "ensemble"}
@@ -109,7 +147,9 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
     task_dir = result.artifacts["evaluate"][0].parent
     outputs = json.loads((task_dir / "executor_output.json").read_text())["artifacts"]
     kfp_metrics = outputs["metrics"]["artifacts"][0]["metadata"]
-    assert kfp_metrics["night_station.ensemble.mAP"] == pytest.approx(scores["summary"]["night_station"]["ensemble"]["mAP"])
+    assert kfp_metrics["night_station.ensemble.mAP"] == pytest.approx(
+        scores["summary"]["night_station"]["ensemble"]["mAP"]
+    )
     assert "data:image/png;base64," in (task_dir / "report_html").read_text()
     assert (task_dir / "report_md").read_text() == (result.artifacts["evaluate"][0] / "report.md").read_text()
 

@@ -31,7 +31,7 @@ def test_success_then_failure_keeps_last_success(pushgateway, monkeypatch):
     first = value(text, "reidflow_last_success_timestamp_seconds", "run-a")
     assert first is not None and first > 0
     assert value(text, "reidflow_samples_processed_total", "run-a") == 64
-    assert 'reidflow_loss{' in text and 'term="triplet"' in text
+    assert "reidflow_loss{" in text and 'term="triplet"' in text
     assert value(text, "reidflow_eval_map_ratio", "run-a") == pytest.approx(0.42)
     assert "reidflow_build_info" in text
 

@@ -14,8 +14,16 @@ pytestmark = pytest.mark.integration
 
 
 def publish(uri, payload, inputs=()):
-    with write_artifact(uri, kind="test", stage="unit", params={"endpoint": "x"}, params_digest="sha256:p",
-                        seed=0, inputs=list(inputs), ctx=RunContext()) as art:
+    with write_artifact(
+        uri,
+        kind="test",
+        stage="unit",
+        params={"endpoint": "x"},
+        params_digest="sha256:p",
+        seed=0,
+        inputs=list(inputs),
+        ctx=RunContext(),
+    ) as art:
         for rel, data in payload.items():
             (art.path / rel).parent.mkdir(parents=True, exist_ok=True)
             (art.path / rel).write_bytes(data)
@@ -40,10 +48,12 @@ def test_write_read_verify_roundtrip(s3_env, tmp_path):
 def test_failed_stage_leaves_no_complete_artifact_and_overwrite_drops_stale_keys(s3_env):
     bucket = s3_env["BUCKET"]
     uri = publish(f"s3://{bucket}/p/a", {"old.bin": b"1", "keep.bin": b"2"})
-    with pytest.raises(RuntimeError):
-        with write_artifact(uri, kind="t", stage="s", params={}, params_digest="d", seed=None, inputs=[]) as art:
-            (art.path / "new.bin").write_bytes(b"3")
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError),
+        write_artifact(uri, kind="t", stage="s", params={}, params_digest="d", seed=None, inputs=[]) as art,
+    ):
+        (art.path / "new.bin").write_bytes(b"3")
+        raise RuntimeError("boom")
     assert sorted(s3.list_keys(bucket, "p/a")) == ["p/a/keep.bin", "p/a/lineage.json", "p/a/old.bin"]
     publish(uri, {"keep.bin": b"22"})
     assert sorted(s3.list_keys(bucket, "p/a")) == ["p/a/keep.bin", "p/a/lineage.json"]

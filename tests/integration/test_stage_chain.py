@@ -24,22 +24,61 @@ def chain(tmp_path_factory) -> Path:
     reidflow("synth", "--output", "data/synth", cwd=root, env=env)
     for name in ("mall_warm", "night_station", "target_city"):
         reidflow("shard", "-d", name, "--output", f"artifacts/shards/{name}", cwd=root, env=env)
-    sources = ["--input", "source=artifacts/shards/mall_warm", "--input", "source=artifacts/shards/night_station"]
+    sources = [
+        "--input",
+        "source=artifacts/shards/mall_warm",
+        "--input",
+        "source=artifacts/shards/night_station",
+    ]
     for backbone in BACKBONES:
-        reidflow("pretrain", "--backbone", backbone, "--output", f"artifacts/models/{backbone}", *sources,
-                 "--input", "target=artifacts/shards/target_city", cwd=root, env=env)
-    reidflow("pretrain", "--section", "camera", "--output", "artifacts/models/camera",
-             "--input", "source=artifacts/shards/target_city", cwd=root, env=env)
-    reidflow("evaluate", "--output", "artifacts/evaluate",
-             *[a for b in BACKBONES for a in ("--input", f"model=artifacts/models/{b}")],
-             "--input", "camera=artifacts/models/camera", "--input", "eval=artifacts/shards/target_city",
-             "--input", "eval=artifacts/shards/mall_warm", cwd=root, env=env)
+        reidflow(
+            "pretrain",
+            "--backbone",
+            backbone,
+            "--output",
+            f"artifacts/models/{backbone}",
+            *sources,
+            "--input",
+            "target=artifacts/shards/target_city",
+            cwd=root,
+            env=env,
+        )
+    reidflow(
+        "pretrain",
+        "--section",
+        "camera",
+        "--output",
+        "artifacts/models/camera",
+        "--input",
+        "source=artifacts/shards/target_city",
+        cwd=root,
+        env=env,
+    )
+    reidflow(
+        "evaluate",
+        "--output",
+        "artifacts/evaluate",
+        *[a for b in BACKBONES for a in ("--input", f"model=artifacts/models/{b}")],
+        "--input",
+        "camera=artifacts/models/camera",
+        "--input",
+        "eval=artifacts/shards/target_city",
+        "--input",
+        "eval=artifacts/shards/mall_warm",
+        cwd=root,
+        env=env,
+    )
     return root
 
 
 def test_every_artifact_is_complete_with_lineage(chain):
-    for rel in ("data/synth", "artifacts/shards/mall_warm", "artifacts/models/osnet_x0_25",
-                "artifacts/models/camera", "artifacts/evaluate"):
+    for rel in (
+        "data/synth",
+        "artifacts/shards/mall_warm",
+        "artifacts/models/osnet_x0_25",
+        "artifacts/models/camera",
+        "artifacts/evaluate",
+    ):
         lineage = json.loads((chain / rel / "lineage.json").read_text())
         assert lineage["schema"] == "reidflow.lineage/1"
         assert lineage["code"]["version"]
@@ -75,9 +114,11 @@ def test_lineage_show_graph_verify_and_tamper(chain):
     for word in ("evaluate", "pretrain", "shard", "raw data data/synth/mall_warm", "synth"):
         assert word in shown
     assert "flowchart LR" in reidflow("lineage", "graph", "artifacts/evaluate", cwd=chain).stdout
-    assert "digraph" in reidflow("lineage", "graph", "artifacts/evaluate", "--format", "dot", cwd=chain).stdout
+    assert (
+        "digraph" in reidflow("lineage", "graph", "artifacts/evaluate", "--format", "dot", cwd=chain).stdout
+    )
     reidflow("lineage", "verify", "artifacts/evaluate", cwd=chain)
-    tar = sorted((chain / "artifacts/shards/mall_warm/mall_warm").glob("*.tar"))[0]
+    tar = min((chain / "artifacts/shards/mall_warm/mall_warm").glob("*.tar"))
     original = tar.read_bytes()
     tar.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     try:
@@ -96,10 +137,25 @@ def test_no_secret_anywhere(chain):
 
 def test_bad_input_errors_are_clear(chain):
     bad = reidflow("pretrain", "--output", "x", "--input", "source=artifacts/nope", cwd=chain, check=False)
-    assert bad.returncode == 2 and "artifacts/nope does not exist" in bad.stderr and "Traceback" not in bad.stderr
-    bad = reidflow("pretrain", "--output", "x", "--set", "pretrain.optimizer.lr=-1",
-                   "--input", "source=artifacts/shards/mall_warm", cwd=chain, check=False)
+    assert (
+        bad.returncode == 2
+        and "artifacts/nope does not exist" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
+    bad = reidflow(
+        "pretrain",
+        "--output",
+        "x",
+        "--set",
+        "pretrain.optimizer.lr=-1",
+        "--input",
+        "source=artifacts/shards/mall_warm",
+        cwd=chain,
+        check=False,
+    )
     assert bad.returncode == 2 and "pretrain.optimizer.lr" in bad.stderr
-    bad = reidflow("evaluate", "--output", "x", "--input", "modle=artifacts/models/camera", cwd=chain, check=False)
+    bad = reidflow(
+        "evaluate", "--output", "x", "--input", "modle=artifacts/models/camera", cwd=chain, check=False
+    )
     assert bad.returncode == 2 and "unknown input name" in bad.stderr
     assert not (chain / "x").exists()

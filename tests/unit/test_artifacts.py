@@ -10,8 +10,16 @@ from reidflow.store.lineage import SCHEMA, RunContext, scrub
 
 
 def make_artifact(path: Path, payload: dict[str, bytes], inputs=(), stage="unit", seed=1) -> Path:
-    with write_artifact(path, kind="test", stage=stage, params={"x": 1}, params_digest="sha256:p", seed=seed,
-                        inputs=list(inputs), ctx=RunContext(orchestrator="cli")) as art:
+    with write_artifact(
+        path,
+        kind="test",
+        stage=stage,
+        params={"x": 1},
+        params_digest="sha256:p",
+        seed=seed,
+        inputs=list(inputs),
+        ctx=RunContext(orchestrator="cli"),
+    ) as art:
         for rel, data in payload.items():
             (art.path / rel).parent.mkdir(parents=True, exist_ok=True)
             (art.path / rel).write_bytes(data)
@@ -25,7 +33,18 @@ def test_lineage_has_required_fields(tmp_path):
     assert rec["schema"] == SCHEMA
     assert set(rec["artifact"]["files"]) == {"w.bin", "sub/c.txt", "metrics.json"}
     assert rec["artifact"]["digest"].startswith("sha256:")
-    for key in ("stage", "params", "params_digest", "seed", "inputs", "code", "runtime", "started", "finished", "metrics"):
+    for key in (
+        "stage",
+        "params",
+        "params_digest",
+        "seed",
+        "inputs",
+        "code",
+        "runtime",
+        "started",
+        "finished",
+        "metrics",
+    ):
         assert key in rec
     assert set(rec["code"]) == {"version", "git_commit", "git_dirty"}
     assert {"python", "torch", "device", "host", "image", "orchestrator", "run_id"} <= set(rec["runtime"])
@@ -34,15 +53,21 @@ def test_lineage_has_required_fields(tmp_path):
 
 def test_failed_stage_leaves_nothing_and_keeps_old_artifact(tmp_path):
     out = make_artifact(tmp_path / "a", {"w.bin": b"old"})
-    with pytest.raises(RuntimeError):
-        with write_artifact(out, kind="t", stage="s", params={}, params_digest="d", seed=None, inputs=[]) as art:
-            (art.path / "w.bin").write_bytes(b"new-half-written")
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError),
+        write_artifact(out, kind="t", stage="s", params={}, params_digest="d", seed=None, inputs=[]) as art,
+    ):
+        (art.path / "w.bin").write_bytes(b"new-half-written")
+        raise RuntimeError("boom")
     assert (out / "w.bin").read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
-    with pytest.raises(RuntimeError):
-        with write_artifact(tmp_path / "b", kind="t", stage="s", params={}, params_digest="d", seed=None, inputs=[]):
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError),
+        write_artifact(
+            tmp_path / "b", kind="t", stage="s", params={}, params_digest="d", seed=None, inputs=[]
+        ),
+    ):
+        raise RuntimeError("boom")
     assert not (tmp_path / "b").exists()
 
 
@@ -81,8 +106,14 @@ def test_verify_chain_and_detect_one_changed_byte(tmp_path, monkeypatch):
 
 def test_scrub_removes_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "supersecretvalue123")
-    cleaned = scrub({"endpoint": "https://user:pw@host/x?X-Amz-Signature=abc", "secret_key": "s",
-                     "note": "key supersecretvalue123 here", "nested": [{"password": "p"}]})
+    cleaned = scrub(
+        {
+            "endpoint": "https://user:pw@host/x?X-Amz-Signature=abc",
+            "secret_key": "s",
+            "note": "key supersecretvalue123 here",
+            "nested": [{"password": "p"}],
+        }
+    )
     text = json.dumps(cleaned)
     for secret in ("pw@", "X-Amz-Signature=abc", "supersecretvalue123", '"s"', '"p"'):
         assert secret not in text
@@ -90,7 +121,9 @@ def test_scrub_removes_credentials(monkeypatch):
 
 def test_raw_input_inside_an_artifact_links_to_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    synth = make_artifact(Path("data/synth"), {"dom/a.jpg": b"\xff\xd8a", "dom/b.jpg": b"\xff\xd8b"}, stage="synth")
+    synth = make_artifact(
+        Path("data/synth"), {"dom/a.jpg": b"\xff\xd8a", "dom/b.jpg": b"\xff\xd8b"}, stage="synth"
+    )
     raw = open_input("raw", "data/synth/dom", require_artifact=False)
     ref = raw.ref()
     assert ref.extra["within"] == "data/synth"

@@ -29,15 +29,6 @@ EXPECTED_NAMES = {
 SMALL_NETS = ["mobilenetv2_x0_5", "mobilenetv2_x1_0", "osnet_x0_25", "osnet_x0_5", "osnet_ain_x1_0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores: one intra-op thread avoids OpenMP oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

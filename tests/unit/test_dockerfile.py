@@ -16,8 +16,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-COMPONENT_MODULES = ["components.synth", "components.shard", "components.pretrain", "components.evaluate",
-                     "components.collect", "components.pretrain_multinode"]
+COMPONENT_MODULES = [
+    "components.synth",
+    "components.shard",
+    "components.pretrain",
+    "components.evaluate",
+    "components.collect",
+    "components.pretrain_multinode",
+]
 
 
 @dataclass
@@ -82,7 +88,9 @@ def is_pinned(image: str) -> bool:
 
 
 def test_parser_sees_continuations_and_stages() -> None:
-    preamble, stages = parse_dockerfile("ARG A=1\nFROM x:1.0 AS one\nRUN a \\\n  # note\n  && b\nFROM one\nUSER 5\n")
+    preamble, stages = parse_dockerfile(
+        "ARG A=1\nFROM x:1.0 AS one\nRUN a \\\n  # note\n  && b\nFROM one\nUSER 5\n"
+    )
     assert preamble == [("ARG", "A=1")]
     assert [(s.base, s.name) for s in stages] == [("x:1.0", "one"), ("one", None)]
     assert stages[0].args("RUN") == ["a && b"]
@@ -102,7 +110,9 @@ def test_multi_stage_with_pinned_bases(dockerfile: tuple[dict[str, str], list[St
         else:
             assert base in names or is_pinned(base), f"FROM {base}: pin a version tag or digest"
     runtime_stage = stages[-1]
-    assert any(a.startswith("--from=builder") for a in runtime_stage.args("COPY")), "runtime must copy the venv"
+    assert any(a.startswith("--from=builder") for a in runtime_stage.args("COPY")), (
+        "runtime must copy the venv"
+    )
     assert not any("apt-get install" in r and "build-essential" in r for r in runtime_stage.args("RUN"))
 
 
@@ -115,7 +125,9 @@ def test_cpu_variant_is_documented_with_a_pinned_tag() -> None:
 
 def test_every_pip_install_is_constrained(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
     _, stages = dockerfile
-    installs = [part for s in stages for run in s.args("RUN") for part in run.split("&&") if "pip install" in part]
+    installs = [
+        part for s in stages for run in s.args("RUN") for part in run.split("&&") if "pip install" in part
+    ]
     assert len(installs) >= 2
     for cmd in installs:
         assert "-c constraints.txt" in cmd, f"unconstrained: {cmd.strip()}"
@@ -139,9 +151,14 @@ def test_runtime_runs_as_non_root(dockerfile: tuple[dict[str, str], list[Stage]]
 def test_labels_and_commit_provenance(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
     _, stages = dockerfile
     final = stages[-1]
-    assert any(a.startswith("GIT_COMMIT") for a in final.args("ARG")), "ARG GIT_COMMIT must be in the final stage"
-    labels = dict(shlex.split(tok)[0].split("=", 1) for lbl in final.args("LABEL")
-                  for tok in re.findall(r'[\w.-]+="[^"]*"', lbl))
+    assert any(a.startswith("GIT_COMMIT") for a in final.args("ARG")), (
+        "ARG GIT_COMMIT must be in the final stage"
+    )
+    labels = dict(
+        shlex.split(tok)[0].split("=", 1)
+        for lbl in final.args("LABEL")
+        for tok in re.findall(r'[\w.-]+="[^"]*"', lbl)
+    )
     assert labels["org.opencontainers.image.revision"] == "${GIT_COMMIT}"
     for key in ("title", "source", "version", "licenses", "created"):
         assert f"org.opencontainers.image.{key}" in labels
@@ -162,10 +179,15 @@ def test_entrypoint_is_the_reidflow_console_script(dockerfile: tuple[dict[str, s
     assert scripts["reidflow"] == "reidflow.cli:main"
 
 
-def test_copied_sources_exist_and_are_not_dockerignored(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+def test_copied_sources_exist_and_are_not_dockerignored(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
     _, stages = dockerfile
-    ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")}
+    ignored = {
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
     sources = []
     for stage in stages:
         for copy in stage.args("COPY"):
@@ -173,7 +195,9 @@ def test_copied_sources_exist_and_are_not_dockerignored(dockerfile: tuple[dict[s
             if any(p.startswith("--from") for p in copy.split()):
                 continue
             sources += parts[:-1]
-    assert {"constraints.txt", "pyproject.toml", "src", "components", "pipelines"} <= {s.rstrip("/") for s in sources}
+    assert {"constraints.txt", "pyproject.toml", "src", "components", "pipelines"} <= {
+        s.rstrip("/") for s in sources
+    }
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
         assert src.rstrip("/") not in ignored, f"COPY {src}: excluded by .dockerignore"
@@ -199,7 +223,9 @@ def test_cli_commands_the_image_runs_exist(dockerfile: tuple[dict[str, str], lis
     used.discard("--help")
     assert "pretrain" in used
     missing = used - cli_command_names()
-    assert not missing, f"the image/components run `reidflow {sorted(missing)}` but the CLI has no such command"
+    assert not missing, (
+        f"the image/components run `reidflow {sorted(missing)}` but the CLI has no such command"
+    )
 
 
 def stage_calls(module_name: str) -> list[tuple[str, str, ast.Call]]:
@@ -213,8 +239,12 @@ def stage_calls(module_name: str) -> list[tuple[str, str, ast.Call]]:
                 aliases[alias.asname or alias.name] = alias.name
     calls = []
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name) and node.func.value.id in aliases):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in aliases
+        ):
             calls.append((aliases[node.func.value.id], node.func.attr, node))
     return calls
 
@@ -234,14 +264,24 @@ def test_stage_functions_called_by_components_exist(module_name: str) -> None:
             sig.bind(*range(len(call.args)), **{kw.arg: None for kw in call.keywords if kw.arg})
 
 
-@pytest.mark.parametrize("module_name", ["components.synth", "components.shard", "components.pretrain",
-                                         "components.evaluate"])
+@pytest.mark.parametrize(
+    "module_name", ["components.synth", "components.shard", "components.pretrain", "components.evaluate"]
+)
 def test_stage_attributes_used_by_components_exist(module_name: str) -> None:
     tree = ast.parse(inspect.getsource(importlib.import_module(module_name)))
-    stages = {a.asname or a.name: a.name for n in ast.walk(tree)
-              if isinstance(n, ast.ImportFrom) and n.module == "reidflow.stages" for a in n.names}
-    used = {(stages[n.value.id], n.attr) for n in ast.walk(tree)
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in stages}
+    stages = {
+        a.asname or a.name: a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module == "reidflow.stages"
+        for a in n.names
+    }
+    used = {
+        (stages[n.value.id], n.attr)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in stages
+    }
     assert any(attr.endswith("Config") for _, attr in used), f"{module_name} validates no stage config"
     for stage, attr in used:
-        assert hasattr(importlib.import_module(f"reidflow.stages.{stage}"), attr), f"reidflow.stages.{stage}.{attr}"
+        assert hasattr(importlib.import_module(f"reidflow.stages.{stage}"), attr), (
+            f"reidflow.stages.{stage}.{attr}"
+        )

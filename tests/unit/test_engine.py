@@ -505,3 +505,12 @@ def test_progress_without_tty_logs_status_lines(
     assert lines[-1].startswith("shard demo: 10/10 img (100.0%)")
     bar.update(0, loss=0.5)
     assert bar.status_line().endswith("loss=0.5")
+
+
+def test_amp_off_written_unquoted_in_yaml_means_off():
+    import yaml
+
+    from reidflow.train.engine import EngineConfig
+
+    cfg = EngineConfig.model_validate(yaml.safe_load("epochs: 1\namp: off\n"))
+    assert cfg.amp == "off"

@@ -42,7 +42,9 @@ def test_extract_keeps_order_averages_flips_and_normalizes(shard_dir):
     feats = extract(Recorder(), shard_dir, height=32, width=16, batch_size=3, flip=True, normalize=False)
     assert feats.features.shape == (10, 2) and list(feats.pids) == [i // 2 for i in range(10)]
     no_flip = extract(Recorder(), shard_dir, height=32, width=16, batch_size=4, flip=False, normalize=False)
-    np.testing.assert_allclose(feats.features[:, 0], no_flip.features[:, 0], rtol=1e-5)  # mean is flip-invariant
+    np.testing.assert_allclose(
+        feats.features[:, 0], no_flip.features[:, 0], rtol=1e-5
+    )  # mean is flip-invariant
     assert not np.allclose(feats.features[:, 1], no_flip.features[:, 1])  # a corner pixel is not
     unit = extract(Recorder(), shard_dir, height=32, width=16, batch_size=5)
     np.testing.assert_allclose(np.linalg.norm(unit.features, axis=1), 1.0, rtol=1e-5)
@@ -83,7 +85,9 @@ def test_score_variants_with_camera_and_rerank_on_separable_data():
     q_p, g_p = np.arange(6).repeat(2), np.arange(6).repeat(4)
     q_c, g_c = np.zeros(12, int), np.ones(24, int)
     cam = (rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=(24, 4)).astype(np.float32))
-    res, dists = score_variants(q, g, q_p, g_p, q_c, g_c, max_rank=10, rerank=RerankParams(k1=5, k2=2), cam=cam)
+    res, dists = score_variants(
+        q, g, q_p, g_p, q_c, g_c, max_rank=10, rerank=RerankParams(k1=5, k2=2), cam=cam
+    )
     assert set(res) == {"plain", "camera", "rerank", "camera+rerank"}
     assert res["plain"]["mAP"] == pytest.approx(1.0) and res["rerank"]["mAP"] == pytest.approx(1.0)
     assert dists["camera"].shape == (12, 24)

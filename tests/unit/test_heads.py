@@ -22,15 +22,6 @@ from reidflow.models.registry import build_backbone
 from reidflow.models.reid_model import ModelConfig, ReIDModel, build_reid_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores: one intra-op thread avoids OpenMP oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_gem_hand_computed_and_limits():
     x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
     gem = GeM()

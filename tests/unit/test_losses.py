@@ -17,15 +17,6 @@ from reidflow.losses import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores: one intra-op thread avoids OpenMP oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def softplus(v: float) -> float:
     return math.log1p(math.exp(v))
 

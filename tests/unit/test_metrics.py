@@ -20,15 +20,18 @@ G_CAMS = np.array([1, 0, 1, 1, 2, 1])
 
 
 def test_hand_computed_two_queries() -> None:
-    distmat = np.array([
-        # query 0: pid 1, cam 0. Index 1 is junk (pid 1, cam 0). Kept order by distance:
-        # 3 (0.2), 2 (0.3, match), 0 (0.5), 5 (0.7), 4 (0.9, match) -> matches at ranks 2 and 5.
-        # AP = (1/2 + 2/5) / 2 = 0.45, INP = 2/5 = 0.4, first match at rank 2.
-        [0.5, 0.1, 0.3, 0.2, 0.9, 0.7],
-        # query 1: pid 3, cam 0. Order: 5 (0.1), 4 (0.2), 0 (0.4), 3 (0.5, match) -> rank 4.
-        # AP = 1/4, INP = 1/4.
-        [0.4, 0.6, 0.8, 0.5, 0.2, 0.1],
-    ], dtype=np.float32)
+    distmat = np.array(
+        [
+            # query 0: pid 1, cam 0. Index 1 is junk (pid 1, cam 0). Kept order by distance:
+            # 3 (0.2), 2 (0.3, match), 0 (0.5), 5 (0.7), 4 (0.9, match) -> matches at ranks 2 and 5.
+            # AP = (1/2 + 2/5) / 2 = 0.45, INP = 2/5 = 0.4, first match at rank 2.
+            [0.5, 0.1, 0.3, 0.2, 0.9, 0.7],
+            # query 1: pid 3, cam 0. Order: 5 (0.1), 4 (0.2), 0 (0.4), 3 (0.5, match) -> rank 4.
+            # AP = 1/4, INP = 1/4.
+            [0.4, 0.6, 0.8, 0.5, 0.2, 0.1],
+        ],
+        dtype=np.float32,
+    )
     out = evaluate_rank(distmat, [1, 3], G_PIDS, [0, 0], G_CAMS, max_rank=6, topk_ap=3)
     # CMC: ranks 2 and 4 -> [0, 1/2, 1/2, 1, 1, 1]
     np.testing.assert_allclose(out["cmc"], [0.0, 0.5, 0.5, 1.0, 1.0, 1.0])
@@ -122,7 +125,9 @@ def _random_case(rng: np.random.Generator, num_q: int, num_g: int, ties: bool):
 def test_random_cases_match_reference(ties: bool) -> None:
     rng = np.random.default_rng(7 + ties)
     for _ in range(6):
-        distmat, qp, gp, qc, gc = _random_case(rng, int(rng.integers(5, 60)), int(rng.integers(20, 300)), ties)
+        distmat, qp, gp, qc, gc = _random_case(
+            rng, int(rng.integers(5, 60)), int(rng.integers(20, 300)), ties
+        )
         ref = evaluate_rank_reference(distmat, qp, gp, qc, gc, max_rank=20, topk_ap=10)
         out = evaluate_rank(distmat, qp, gp, qc, gc, max_rank=20, topk_ap=10)
         assert np.abs(out["cmc"] - ref["cmc"]).max() <= 1e-12
@@ -159,8 +164,16 @@ def test_chunked_generator_and_callable_inputs_agree() -> None:
         evaluate_rank(distmat, qp, gp, qc, gc, topk_ap=5, tpr_fprs=[0.01, 0.1], chunk_size=1),
         evaluate_rank(distmat, qp, gp, qc, gc, topk_ap=5, tpr_fprs=[0.01, 0.1], chunk_size=7),
         evaluate_rank(blocks, qp, gp, qc, gc, topk_ap=5, tpr_fprs=[0.01, 0.1]),
-        evaluate_rank(lambda s, e: distmat[s:e].astype(np.float64), qp, gp, qc, gc, topk_ap=5,
-                      tpr_fprs=[0.01, 0.1], chunk_size=4),
+        evaluate_rank(
+            lambda s, e: distmat[s:e].astype(np.float64),
+            qp,
+            gp,
+            qc,
+            gc,
+            topk_ap=5,
+            tpr_fprs=[0.01, 0.1],
+            chunk_size=4,
+        ),
         evaluate_rank(torch.from_numpy(distmat), qp, gp, qc, gc, topk_ap=5, tpr_fprs=[0.01, 0.1]),
     ]
     for out in variants:
@@ -176,8 +189,9 @@ def test_single_gallery_shot_matches_reference_and_is_seeded() -> None:
     for ties in (False, True):
         distmat, qp, gp, qc, gc = _random_case(rng, 30, 120, ties)
         ref = single_gallery_shot_cmc_reference(distmat, qp, gp, qc, gc, max_rank=10, seed=3)
-        out = evaluate_rank(distmat, qp, gp, qc, gc, max_rank=10, cuhk03_single_gallery_shot=True,
-                            seed=3, chunk_size=4)
+        out = evaluate_rank(
+            distmat, qp, gp, qc, gc, max_rank=10, cuhk03_single_gallery_shot=True, seed=3, chunk_size=4
+        )
         np.testing.assert_allclose(out["cmc"], ref, atol=1e-12)
         standard = evaluate_rank(distmat, qp, gp, qc, gc, max_rank=10)
         assert out["mAP"] == standard["mAP"]  # mAP stays the standard protocol's
@@ -191,8 +205,9 @@ def test_single_gallery_shot_with_one_image_per_identity_equals_standard() -> No
     g_pids = np.arange(40)
     distmat = rng.random((25, 40))
     q_pids = rng.integers(0, 40, 25)
-    out = evaluate_rank(distmat, q_pids, g_pids, np.zeros(25), np.ones(40), max_rank=10,
-                        cuhk03_single_gallery_shot=True)
+    out = evaluate_rank(
+        distmat, q_pids, g_pids, np.zeros(25), np.ones(40), max_rank=10, cuhk03_single_gallery_shot=True
+    )
     np.testing.assert_allclose(out["cmc"], out["cmc_all_shot"])
 
 

@@ -30,11 +30,16 @@ def tiny_params(**kfp: Any) -> dict[str, Any]:
             "night_station": {"reader": "market1501", "root": "data/synth/night_station", "role": "eval"},
         },
         "pretrain": {"model": {"backbone": "osnet_x0_25"}},
-        "kfp": {"backbones": ["osnet_x0_25", "mobilenetv2_x0_5"], "gpus": 2,
-                "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                                {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"}],
-                **kfp},
+        "kfp": {
+            "backbones": ["osnet_x0_25", "mobilenetv2_x0_5"],
+            "gpus": 2,
+            "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"},
+            ],
+            **kfp,
+        },
     }
 
 
@@ -64,8 +69,13 @@ def test_every_stage_is_a_task_in_the_pinned_image(compiled: tuple[dict, dict]) 
     spec, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
     assert set(executors) == STAGES
-    assert {t["taskInfo"]["name"] for t in all_tasks(spec).values()} >= {"synth", "shard", "collect-shards",
-                                                                        "pretrain", "evaluate"}
+    assert {t["taskInfo"]["name"] for t in all_tasks(spec).values()} >= {
+        "synth",
+        "shard",
+        "collect-shards",
+        "pretrain",
+        "evaluate",
+    }
     for name, ex in executors.items():
         container = ex["container"]
         assert container["image"] == f"registry.example.com/reidflow@{DIGEST}", name
@@ -93,8 +103,11 @@ def test_secret_env_retry_and_caching_on_every_task(compiled: tuple[dict, dict])
     for name in STAGES:
         [secret] = platform[name]["secretAsEnv"]
         assert secret["secretName"] == "reidflow-s3"
-        assert {k["envVar"] for k in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                             "AWS_ENDPOINT_URL"}
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL",
+        }
     for task_name, task in all_tasks(spec).items():
         if "componentRef" in task and task["componentRef"]["name"].startswith("comp-for-loop"):
             continue
@@ -109,7 +122,9 @@ def test_training_placement_and_shared_memory(compiled: tuple[dict, dict]) -> No
     pretrain = platform["exec-pretrain"]
     assert pretrain["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert {(t["key"], t["operator"], t["effect"]) for t in pretrain["tolerations"]} == {
-        ("nvidia.com/gpu", "Exists", "NoSchedule"), ("spot", "Equal", "NoExecute")}
+        ("nvidia.com/gpu", "Exists", "NoSchedule"),
+        ("spot", "Equal", "NoExecute"),
+    }
     for name in ("exec-pretrain", "exec-evaluate"):
         [shm] = platform[name]["emptyDirMounts"]
         assert (shm["mountPath"], shm["medium"], shm["sizeLimit"]) == ("/dev/shm", "Memory", "8Gi")
@@ -118,7 +133,9 @@ def test_training_placement_and_shared_memory(compiled: tuple[dict, dict]) -> No
 
 def test_fan_out_fan_in_and_defaults_from_params(compiled: tuple[dict, dict]) -> None:
     spec, _ = compiled
-    loops = {t["taskInfo"]["name"]: t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t}
+    loops = {
+        t["taskInfo"]["name"]: t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t
+    }
     assert set(loops) == {"datasets", "backbones"}
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["backbones"]["defaultValue"] == ["osnet_x0_25", "mobilenetv2_x0_5"]
@@ -127,26 +144,44 @@ def test_fan_out_fan_in_and_defaults_from_params(compiled: tuple[dict, dict]) ->
     assert runtime.load_params_text(inputs["params_yaml"]["defaultValue"])["kfp"]["gpus"] == 2
     evaluate = spec["root"]["dag"]["tasks"]["evaluate"]
     assert evaluate["inputs"]["artifacts"]["models"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
-    assert spec["components"]["comp-evaluate"]["inputDefinitions"]["artifacts"]["models"]["isArtifactList"] is True
-    out_types = {k: v["artifactType"]["schemaTitle"]
-                 for k, v in spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"].items()}
-    assert out_types == {"evaluation": "system.Artifact", "metrics": "system.Metrics",
-                         "report_html": "system.HTML", "report_md": "system.Markdown"}
-    assert spec["components"]["comp-pretrain"]["outputDefinitions"]["artifacts"]["model"]["artifactType"][
-        "schemaTitle"] == "system.Model"
+    assert (
+        spec["components"]["comp-evaluate"]["inputDefinitions"]["artifacts"]["models"]["isArtifactList"]
+        is True
+    )
+    out_types = {
+        k: v["artifactType"]["schemaTitle"]
+        for k, v in spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"].items()
+    }
+    assert out_types == {
+        "evaluation": "system.Artifact",
+        "metrics": "system.Metrics",
+        "report_html": "system.HTML",
+        "report_md": "system.Markdown",
+    }
+    assert (
+        spec["components"]["comp-pretrain"]["outputDefinitions"]["artifacts"]["model"]["artifactType"][
+            "schemaTitle"
+        ]
+        == "system.Model"
+    )
 
 
 def test_content_digests_reach_the_loop_tasks(compiled: tuple[dict, dict]) -> None:
     spec, _ = compiled
     loop1 = spec["root"]["dag"]["tasks"]["for-loop-1"]["inputs"]["parameters"]
     assert loop1["pipelinechannel--synth-digest"]["taskOutputParameter"] == {
-        "outputParameterKey": "digest", "producerTask": "synth"}
+        "outputParameterKey": "digest",
+        "producerTask": "synth",
+    }
     shard = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["shard"]["inputs"]["parameters"]
     assert shard["raw_digest"]["componentInputParameter"] == "pipelinechannel--synth-digest"
     pretrain = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["pretrain"]["inputs"]["parameters"]
     assert pretrain["shards_digest"]["componentInputParameter"] == "pipelinechannel--collect-shards-digest"
     evaluate = spec["root"]["dag"]["tasks"]["evaluate"]["inputs"]["parameters"]
-    assert evaluate["model_digests"]["taskOutputParameter"]["outputParameterKey"] == "pipelinechannel--pretrain-digest"
+    assert (
+        evaluate["model_digests"]["taskOutputParameter"]["outputParameterKey"]
+        == "pipelinechannel--pretrain-digest"
+    )
 
 
 def test_local_variant_does_not_wire_loop_digests() -> None:
@@ -160,14 +195,18 @@ def test_stage_prefix_and_multinode_variants(tmp_path: Path) -> None:
     assert set(short.deployment_spec["executors"]) == {"exec-synth", "exec-shard", "exec-collect-shards"}
     with pytest.raises(ConfigError, match="prefix"):
         build_pipeline(plan_pipeline(tiny_params()), stages=["synth", "pretrain"])
-    spec, platform = compile_params(tmp_path, tiny_params(distributed={"nodes": 3}, artifact_root="s3://bkt/runs"))
+    spec, platform = compile_params(
+        tmp_path, tiny_params(distributed={"nodes": 3}, artifact_root="s3://bkt/runs")
+    )
     executors = spec["deploymentSpec"]["executors"]
     assert "exec-pretrain-multinode" in executors and "exec-pretrain" not in executors
     assert "accelerator" not in executors["exec-pretrain-multinode"]["container"]["resources"]
     assert "secretAsEnv" in platform["exec-pretrain-multinode"]
 
 
-def test_image_comes_from_env_then_params_then_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_comes_from_env_then_params_then_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("REIDFLOW_IMAGE", raising=False)
     assert resolve_image({}) == DEFAULT_IMAGE
     assert resolve_image({"kfp": {"image": "quay.io/x/reid:1.2"}}) == "quay.io/x/reid:1.2"
@@ -175,7 +214,8 @@ def test_image_comes_from_env_then_params_then_default(tmp_path: Path, monkeypat
     assert resolve_image({"kfp": {"image": "quay.io/x/reid:1.2"}}) == f"ghcr.io/me/reid@{DIGEST}"
     spec, _ = compile_params(tmp_path, tiny_params(image="quay.io/x/reid:1.2"))
     assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {
-        f"ghcr.io/me/reid@{DIGEST}"}
+        f"ghcr.io/me/reid@{DIGEST}"
+    }
     monkeypatch.setenv("REIDFLOW_IMAGE", "ghcr.io/me/reid")  # neither tag nor digest
     with pytest.raises(ConfigError, match="REIDFLOW_IMAGE.*neither a tag nor a digest"):
         resolve_image({})
@@ -184,13 +224,16 @@ def test_image_comes_from_env_then_params_then_default(tmp_path: Path, monkeypat
         resolve_image({"kfp": {"image": "Not An Image"}})
 
 
-@pytest.mark.parametrize(("kfp", "match"), [
-    ({"artifact_root": "http://bucket/x"}, "kfp.artifact_root"),
-    ({"datasets": ["nope"]}, "kfp.datasets names \\['nope'\\]"),
-    ({"gpus": -1}, "kfp.gpus"),
-    ({"shm": "1Gi"}, "kfp.shm"),
-    ({"s3_secret": {"name": "s", "keys": {"a": "AWS_ACCESS_KEY_ID"}}}, "AWS_SECRET_ACCESS_KEY"),
-])
+@pytest.mark.parametrize(
+    ("kfp", "match"),
+    [
+        ({"artifact_root": "http://bucket/x"}, "kfp.artifact_root"),
+        ({"datasets": ["nope"]}, "kfp.datasets names \\['nope'\\]"),
+        ({"gpus": -1}, "kfp.gpus"),
+        ({"shm": "1Gi"}, "kfp.shm"),
+        ({"s3_secret": {"name": "s", "keys": {"a": "AWS_ACCESS_KEY_ID"}}}, "AWS_SECRET_ACCESS_KEY"),
+    ],
+)
 def test_bad_kfp_section_is_named(kfp: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         plan_pipeline(tiny_params(**kfp))
@@ -200,7 +243,10 @@ def test_backbones_default_to_the_pretrain_backbone(tmp_path: Path) -> None:
     params = tiny_params()
     del params["kfp"]["backbones"]
     assert plan_pipeline(params).backbones == ["osnet_x0_25"]
-    assert plan_pipeline({**params, "backbones": ["resnet50", "osnet_x1_0"]}).backbones == ["resnet50", "osnet_x1_0"]
+    assert plan_pipeline({**params, "backbones": ["resnet50", "osnet_x1_0"]}).backbones == [
+        "resnet50",
+        "osnet_x1_0",
+    ]
     with pytest.raises(ConfigError, match="backbones: expected a list"):
         plan_pipeline({**params, "backbones": "resnet50"})
     del params["pretrain"]
@@ -212,14 +258,29 @@ def test_backbones_default_to_the_pretrain_backbone(tmp_path: Path) -> None:
 
 def test_pytorchjob_manifest_for_multinode_pretrain() -> None:
     cfg = KfpConfig.model_validate(tiny_params(distributed={"nodes": 3})["kfp"])
-    args = runtime.stage_cli_args("pretrain", PARAMS_PATH, [("source", "s3://b/s1"), ("target", "s3://b/t")],
-                                  "s3://b/out/pretrain/osnet", "pretrain")
-    job = pytorchjob_manifest(name="reidflow-Run_1-OSNet.x", namespace="ml", image=f"r.io/reid@{DIGEST}",
-                              cli_args=args, params_yaml="pretrain: {}\n", nodes=3, cfg=cfg,
-                              env={"REIDFLOW_RUN_ID": "run-1"})
+    args = runtime.stage_cli_args(
+        "pretrain",
+        PARAMS_PATH,
+        [("source", "s3://b/s1"), ("target", "s3://b/t")],
+        "s3://b/out/pretrain/osnet",
+        "pretrain",
+    )
+    job = pytorchjob_manifest(
+        name="reidflow-Run_1-OSNet.x",
+        namespace="ml",
+        image=f"r.io/reid@{DIGEST}",
+        cli_args=args,
+        params_yaml="pretrain: {}\n",
+        nodes=3,
+        cfg=cfg,
+        env={"REIDFLOW_RUN_ID": "run-1"},
+    )
     assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
-    assert job["metadata"] == {"name": "reidflow-run-1-osnet-x", "namespace": "ml",
-                               "labels": {"app.kubernetes.io/part-of": "reidflow"}}
+    assert job["metadata"] == {
+        "name": "reidflow-run-1-osnet-x",
+        "namespace": "ml",
+        "labels": {"app.kubernetes.io/part-of": "reidflow"},
+    }
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 2)
     pod = replicas["Worker"]["template"]["spec"]
@@ -232,28 +293,50 @@ def test_pytorchjob_manifest_for_multinode_pretrain() -> None:
     assert "--input target=s3://b/t --output s3://b/out/pretrain/osnet --orchestrator kfp" in shell
     env = {e["name"]: e for e in container["env"]}
     assert env["REIDFLOW_PARAMS_YAML"]["value"] == "pretrain: {}\n"
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "reidflow-s3",
-                                                                        "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "reidflow-s3",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
     assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"} in pod["tolerations"]
     json.dumps(job)  # serializable as sent to the API server
-    single = pytorchjob_manifest(name="x", namespace="ml", image="r.io/reid:1", cli_args=args, params_yaml="",
-                                 nodes=1, cfg=cfg)
+    single = pytorchjob_manifest(
+        name="x", namespace="ml", image="r.io/reid:1", cli_args=args, params_yaml="", nodes=1, cfg=cfg
+    )
     assert set(single["spec"]["pytorchReplicaSpecs"]) == {"Master"}
     with pytest.raises(ConfigError, match="--params"):
-        pytorchjob_manifest(name="x", namespace="ml", image="r.io/reid:1", cli_args=["pretrain", "--params", "p.yaml"],
-                            params_yaml="", nodes=2, cfg=cfg)
+        pytorchjob_manifest(
+            name="x",
+            namespace="ml",
+            image="r.io/reid:1",
+            cli_args=["pretrain", "--params", "p.yaml"],
+            params_yaml="",
+            nodes=2,
+            cfg=cfg,
+        )
 
 
 def test_job_state_reads_the_final_condition() -> None:
     assert job_state({"status": {"conditions": [{"type": "Running", "status": "True"}]}}) is None
-    assert job_state({"status": {"conditions": [{"type": "Running", "status": "False"},
-                                                {"type": "Succeeded", "status": "True"}]}}) == "Succeeded"
+    assert (
+        job_state(
+            {
+                "status": {
+                    "conditions": [
+                        {"type": "Running", "status": "False"},
+                        {"type": "Succeeded", "status": "True"},
+                    ]
+                }
+            }
+        )
+        == "Succeeded"
+    )
     assert job_state({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) == "Failed"
 
 
 # ---- what the components do around the stage call (runtime helpers) ----
+
 
 class FakeArtifact:
     def __init__(self, path: Path, metadata: dict | None = None) -> None:
@@ -264,13 +347,18 @@ class FakeArtifact:
 def test_output_uri_separates_runs_tasks_and_iterations(tmp_path: Path) -> None:
     art = FakeArtifact(tmp_path / "out")
     assert runtime.output_uri(art, "", "123", "shard", "mall") == str(tmp_path / "out")
-    assert runtime.output_uri(art, "s3://bkt/root/", "run 9", "shard", "mall_warm") == "s3://bkt/root/run-9/shard/mall_warm"
+    assert (
+        runtime.output_uri(art, "s3://bkt/root/", "run 9", "shard", "mall_warm")
+        == "s3://bkt/root/run-9/shard/mall_warm"
+    )
     with pytest.raises(ConfigError, match="artifact_root"):
         runtime.output_uri(art, "/local/root", "1", "t")
 
 
 def test_params_text_overrides_and_errors() -> None:
-    params = runtime.load_params_text('{"pretrain": {"model": {"backbone": "a"}}}', ["pretrain.model.backbone=b"])
+    params = runtime.load_params_text(
+        '{"pretrain": {"model": {"backbone": "a"}}}', ["pretrain.model.backbone=b"]
+    )
     assert params["pretrain"]["model"]["backbone"] == "b"
     with pytest.raises(ConfigError, match="params_yaml.*not valid YAML"):
         runtime.load_params_text("a: [1,")
@@ -286,7 +374,9 @@ def test_dataset_roots_map_into_the_synth_artifact(tmp_path: Path) -> None:
     assert runtime.dataset_subdir(params, "mall_warm", "data/synth") == "mall_warm"
     assert runtime.dataset_subdir(params, "market", "data/synth") is None
     (tmp_path / "mall_warm").mkdir()
-    assert runtime.shard_raw_uri(params, "mall_warm", str(tmp_path), "data/synth") == str(tmp_path / "mall_warm")
+    assert runtime.shard_raw_uri(params, "mall_warm", str(tmp_path), "data/synth") == str(
+        tmp_path / "mall_warm"
+    )
     with pytest.raises(ArtifactError, match="night_station.*it has: \\['mall_warm'\\]"):
         runtime.shard_raw_uri(params, "night_station", str(tmp_path), "data/synth")
     with pytest.raises(ConfigError, match="datasets.ghost.root"):
@@ -294,8 +384,12 @@ def test_dataset_roots_map_into_the_synth_artifact(tmp_path: Path) -> None:
 
 
 def test_manifest_roles_select_training_and_evaluation_inputs(tmp_path: Path) -> None:
-    entries = [{"dataset": "a", "role": "source", "uri": "s3://b/a"}, {"dataset": "b", "role": "source", "uri": "/b"},
-               {"dataset": "t", "role": "target", "uri": "/t"}, {"dataset": "e", "role": "eval", "uri": "/e"}]
+    entries = [
+        {"dataset": "a", "role": "source", "uri": "s3://b/a"},
+        {"dataset": "b", "role": "source", "uri": "/b"},
+        {"dataset": "t", "role": "target", "uri": "/t"},
+        {"dataset": "e", "role": "eval", "uri": "/e"},
+    ]
     runtime.write_manifest(str(tmp_path / "m"), entries)
     read = runtime.read_manifest(FakeArtifact(tmp_path / "m"))
     assert runtime.training_inputs(read) == (["s3://b/a", "/b"], "/t")
@@ -311,8 +405,15 @@ def test_manifest_roles_select_training_and_evaluation_inputs(tmp_path: Path) ->
 def test_publish_records_uri_digest_and_pointer(tmp_path: Path) -> None:
     from reidflow.store.artifacts import write_artifact
 
-    with write_artifact(tmp_path / "art", kind="model", stage="pretrain", params={}, params_digest="sha256:0",
-                        seed=0, inputs=[]) as w:
+    with write_artifact(
+        tmp_path / "art",
+        kind="model",
+        stage="pretrain",
+        params={},
+        params_digest="sha256:0",
+        seed=0,
+        inputs=[],
+    ) as w:
         (w.path / "weights.bin").write_bytes(b"123")
     local = FakeArtifact(tmp_path / "art")
     digest = runtime.publish(local, str(tmp_path / "art"), backbone="osnet")
@@ -351,22 +452,30 @@ def test_cli_compile_and_run_flags(tmp_path: Path) -> None:
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     out = tmp_path / "pkg.yaml"
-    result = CliRunner().invoke(pipeline_app, ["compile", "--params", str(tmp_path / "params.yaml"),
-                                               "--output", str(out), "--set", "kfp.gpus=4"])
+    result = CliRunner().invoke(
+        pipeline_app,
+        ["compile", "--params", str(tmp_path / "params.yaml"), "--output", str(out), "--set", "kfp.gpus=4"],
+    )
     assert result.exit_code == 0, result.output
     spec = next(yaml.safe_load_all(out.read_text()))
-    assert spec["deploymentSpec"]["executors"]["exec-pretrain"]["container"]["resources"]["accelerator"][
-        "resourceCount"] == "4"
+    assert (
+        spec["deploymentSpec"]["executors"]["exec-pretrain"]["container"]["resources"]["accelerator"][
+            "resourceCount"
+        ]
+        == "4"
+    )
     result = CliRunner().invoke(pipeline_app, ["run", "--params", str(tmp_path / "params.yaml")])
     assert isinstance(result.exception, ConfigError) and "--local" in str(result.exception)
 
 
-def test_camera_model_task_when_camera_correction_is_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_camera_model_task_when_camera_correction_is_enabled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("REIDFLOW_IMAGE", raising=False)
     params = tiny_params(image=f"registry.example.com/reidflow@{DIGEST}")
     params["datasets"]["night_station"]["role"] = "target"
     params["evaluate"] = {"camera": {"enabled": True}}
-    spec, executors = compile_params(tmp_path, params)
+    spec, _ = compile_params(tmp_path, params)
     tasks = all_tasks(spec)
     assert "camera" in tasks
     evaluate_inputs = tasks["evaluate"]["inputs"]["artifacts"]

@@ -18,15 +18,6 @@ from reidflow.models.registry import build_backbone
 from reidflow.models.reid_model import ReIDModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores: one intra-op thread avoids OpenMP oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _randomized_state(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
     """The model's state with every float tensor replaced by random values (so a load is visible)."""
     generator = torch.Generator().manual_seed(seed)

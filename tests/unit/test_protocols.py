@@ -29,8 +29,10 @@ def _prid_arrays() -> dict[str, np.ndarray]:
     # so camera A's other 185 people get labels no camera-B image has.
     a_pids = np.concatenate([np.arange(1, 201), np.arange(1201, 1386)])
     b_pids = np.arange(1, 750)
-    return {"pids": np.concatenate([a_pids, b_pids]),
-            "camids": np.concatenate([np.zeros(len(a_pids), int), np.ones(len(b_pids), int)])}
+    return {
+        "pids": np.concatenate([a_pids, b_pids]),
+        "camids": np.concatenate([np.zeros(len(a_pids), int), np.ones(len(b_pids), int)]),
+    }
 
 
 def test_viper_splits_have_published_sizes_and_are_cross_view() -> None:

@@ -107,3 +107,11 @@ def test_bad_inputs() -> None:
         k_reciprocal(q_g, q_q, g_g, k1=1, lambda_value=1.5)
     with pytest.raises(DataError, match="feature size"):
         k_reciprocal_from_features(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_collapsed_features_do_not_fail_reranking():
+    from reidflow.eval.rerank import k_reciprocal
+
+    q_g, q_q, g_g = np.zeros((3, 5), np.float32), np.zeros((3, 3), np.float32), np.zeros((5, 5), np.float32)
+    out = k_reciprocal(q_g, q_q, g_g, k1=2, k2=1)
+    assert out.shape == (3, 5) and np.isfinite(out).all()

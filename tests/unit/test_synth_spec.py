@@ -77,7 +77,9 @@ def test_unknown_key_is_rejected_naming_file_and_key(tmp_path: Path, base_data: 
         ("train_fraction", 1.5, "train_fraction"),
     ],
 )
-def test_invalid_values_name_the_key_and_the_file(tmp_path: Path, base_data: dict, key: str, value, named: str) -> None:
+def test_invalid_values_name_the_key_and_the_file(
+    tmp_path: Path, base_data: dict, key: str, value, named: str
+) -> None:
     base_data[key] = value
     path = write_yaml(tmp_path / "bad.yaml", base_data)
     with pytest.raises(ConfigError) as caught:
@@ -127,7 +129,9 @@ def test_model_copy_override_works_and_is_revalidated() -> None:
 
 
 def test_dotted_overrides_are_validated() -> None:
-    spec = override_spec(load_preset("mall_warm"), {"identities": 12, "style.noise_std": 0.2, "scene.views.side": 0})
+    spec = override_spec(
+        load_preset("mall_warm"), {"identities": 12, "style.noise_std": 0.2, "scene.views.side": 0}
+    )
     assert (spec.identities, spec.style.noise_std, spec.scene.views.side) == (12, 0.2, 0)
     with pytest.raises(ConfigError, match="override style.nois_std: unknown key"):
         override_spec(spec, {"style.nois_std": 0.1})

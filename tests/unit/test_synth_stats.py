@@ -16,7 +16,9 @@ from reidflow.errors import DatasetLayoutError
 @pytest.fixture(scope="module")
 def preset_stats(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     small = [
-        load_preset(name).model_copy(update={"identities": 8, "images_per_identity_camera": (2, 3), "distractors": 0})
+        load_preset(name).model_copy(
+            update={"identities": 8, "images_per_identity_camera": (2, 3), "distractors": 0}
+        )
         for name in list_presets()
     ]
     roots = generate(small, tmp_path_factory.mktemp("presets"), seed=0, workers=2)
@@ -49,7 +51,9 @@ def test_presets_have_the_look_their_names_promise(preset_stats: dict[str, dict]
     assert min(brightness, key=brightness.get) == "night_station"
     night = preset_stats["night_station"]
     assert mean(night, "b") > mean(night, "r")
-    spread = {name: s["overall"]["brightness"]["std"] / mean(s, "brightness") for name, s in preset_stats.items()}
+    spread = {
+        name: s["overall"]["brightness"]["std"] / mean(s, "brightness") for name, s in preset_stats.items()
+    }
     assert min(spread, key=spread.get) == "foggy_campus"
     green = {name: mean(s, "g") - mean(s, "r") for name, s in preset_stats.items()}
     assert max(green, key=green.get) == "fluoro_office"

@@ -23,8 +23,13 @@ from reidflow.errors import ArtifactError, ConfigError
 
 
 def tiny(preset: str = "target_city", **update) -> DomainSpec:
-    fields = {"identities": 10, "cameras": 4, "cameras_per_identity": (2, 3), "images_per_identity_camera": (2, 4),
-              "distractors": 5}
+    fields = {
+        "identities": 10,
+        "cameras": 4,
+        "cameras_per_identity": (2, 3),
+        "images_per_identity_camera": (2, 4),
+        "distractors": 5,
+    }
     fields.update(update)
     return load_preset(preset).model_copy(update=fields)
 
@@ -97,7 +102,9 @@ def test_splits_follow_the_spec(domain: Path) -> None:
         cams_per_id[r["pid"]].add(r["cam"])
     low, high = spec.images_per_identity_camera
     assert all(low <= n <= high for n in images_per_id_cam.values())
-    assert all(spec.cameras_per_identity[0] <= len(c) <= spec.cameras_per_identity[1] for c in cams_per_id.values())
+    assert all(
+        spec.cameras_per_identity[0] <= len(c) <= spec.cameras_per_identity[1] for c in cams_per_id.values()
+    )
     # every query has a gallery match in another camera
     for r in rows["query"]:
         assert any(g["pid"] == r["pid"] and g["cam"] != r["cam"] for g in rows["gallery"])

@@ -17,7 +17,7 @@ import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from kornia.augmentation.auto import AutoAugment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from reidflow.errors import ConfigError
@@ -62,13 +62,9 @@ class TransformConfig(BaseModel):
     @classmethod
     def parse(cls, data: Mapping[str, Any], where: str = "transforms") -> TransformConfig:
         """Validate a params section, turning pydantic errors into a :class:`ConfigError`."""
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{where}.{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(problems) from None
+        from reidflow.config import validate_as
+
+        return validate_as(cls, data, where)
 
 
 def to_float_batch(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

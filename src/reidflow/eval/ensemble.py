@@ -28,7 +28,9 @@ def concat_features(parts: Sequence[np.ndarray], weights: Sequence[float] | None
         weights = [1.0] * len(parts)
     if len(weights) != len(parts) or any(w < 0 for w in weights):
         raise ConfigError(f"ensemble weights {list(weights)}: expected {len(parts)} non-negative numbers")
-    stacked = np.concatenate([l2_normalize(p) * float(w) for p, w in zip(parts, weights, strict=True)], axis=1)
+    stacked = np.concatenate(
+        [l2_normalize(p) * float(w) for p, w in zip(parts, weights, strict=True)], axis=1
+    )
     return l2_normalize(stacked)
 
 

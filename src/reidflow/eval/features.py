@@ -27,10 +27,15 @@ class Features:
     domains: np.ndarray  # object array of domain names
     keys: list[str]
 
-    def take(self, rows: np.ndarray | Sequence[int]) -> "Features":
+    def take(self, rows: np.ndarray | Sequence[int]) -> Features:
         rows = np.asarray(rows, dtype=np.int64)
-        return Features(self.features[rows], self.pids[rows], self.camids[rows], self.domains[rows],
-                        [self.keys[i] for i in rows])
+        return Features(
+            self.features[rows],
+            self.pids[rows],
+            self.camids[rows],
+            self.domains[rows],
+            [self.keys[i] for i in rows],
+        )
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -63,8 +68,12 @@ def extract(
     if len(index) == 0:
         raise DataError(f"{index.root}: nothing to extract features from (empty index)")
     dataset = IndexedImageDataset(index, opener or LocalOpener(index.root), height, width, labels=index.pids)
-    loader = make_eval_loader(dataset, batch_size=batch_size, num_workers=num_workers,
-                              pin_memory=torch.device(device).type == "cuda")
+    loader = make_eval_loader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
     norm = Normalize(mean, std).to(device)
     was_training = model.training
     model.eval()
@@ -89,5 +98,7 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(out, dict):
         out = out.get("bn_features", out.get("features"))
     if out.ndim != 2:
-        raise DataError(f"feature extraction: expected the model to return N x D features, got {tuple(out.shape)}")
+        raise DataError(
+            f"feature extraction: expected the model to return N x D features, got {tuple(out.shape)}"
+        )
     return out

@@ -85,30 +85,35 @@ def _rows_per_chunk(chunk_size: int | None, num_g: int) -> int:
     return int(chunk_size)
 
 
-def iter_distance_blocks(source: DistanceSource, num_q: int, num_g: int,
-                         chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+def iter_distance_blocks(
+    source: DistanceSource, num_q: int, num_g: int, chunk_rows: int
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first_row, block)`` covering query rows ``0..num_q-1`` in order.
 
     ``source`` is a 2-D array/tensor (sliced, not copied), a callable ``(start, stop) -> rows``
     called once per chunk, or any other iterable of 2-D row blocks (or 1-D single rows) in query
     order; iterable blocks larger than ``chunk_rows`` are split.
     """
+
     def checked(block: Any, start: int) -> np.ndarray:
         array = _as_float_array(block, "distmat")
         if array.ndim == 1:
             array = array[None, :]
         if array.ndim != 2 or array.shape[1] != num_g:
-            raise DataError(f"distmat rows starting at query {start}: expected shape (n, {num_g}) "
-                            f"(one column per gallery item), got {array.shape}")
+            raise DataError(
+                f"distmat rows starting at query {start}: expected shape (n, {num_g}) "
+                f"(one column per gallery item), got {array.shape}"
+            )
         return array
 
     if isinstance(source, np.ndarray) or hasattr(source, "detach"):
         matrix = checked(source, 0)
         if matrix.shape[0] != num_q:
-            raise DataError(f"distmat: expected shape ({num_q}, {num_g}) (queries x gallery), "
-                            f"got {matrix.shape}")
+            raise DataError(
+                f"distmat: expected shape ({num_q}, {num_g}) (queries x gallery), got {matrix.shape}"
+            )
         for start in range(0, num_q, chunk_rows):
-            yield start, matrix[start:start + chunk_rows]
+            yield start, matrix[start : start + chunk_rows]
         return
     if callable(source):
         for start in range(0, num_q, chunk_rows):
@@ -119,15 +124,17 @@ def iter_distance_blocks(source: DistanceSource, num_q: int, num_g: int,
             yield start, block
         return
     if not isinstance(source, Iterable):
-        raise DataError(f"distmat: expected a 2-D array, a callable (start, stop) -> rows or an "
-                        f"iterable of row blocks, got {type(source).__name__}")
+        raise DataError(
+            f"distmat: expected a 2-D array, a callable (start, stop) -> rows or an "
+            f"iterable of row blocks, got {type(source).__name__}"
+        )
     start = 0
     for raw in source:
         block = checked(raw, start)
         if start + block.shape[0] > num_q:
             raise DataError(f"distmat blocks: more than the {num_q} query rows expected")
         for offset in range(0, block.shape[0], chunk_rows):
-            yield start + offset, block[offset:offset + chunk_rows]
+            yield start + offset, block[offset : offset + chunk_rows]
         start += block.shape[0]
     if start != num_q:
         raise DataError(f"distmat blocks: expected {num_q} query rows in total, got {start}")
@@ -155,8 +162,11 @@ class _GalleryGroups:
         """Index into ``pids`` of each query's pid, or -1 when the pid is not in the gallery."""
         pos = np.searchsorted(self.pids, q_pids)
         pos_clipped = np.minimum(pos, max(len(self.pids) - 1, 0))
-        found = (len(self.pids) > 0) & (self.pids[pos_clipped] == q_pids) if len(self.pids) else \
-            np.zeros(len(q_pids), dtype=bool)
+        found = (
+            (len(self.pids) > 0) & (self.pids[pos_clipped] == q_pids)
+            if len(self.pids)
+            else np.zeros(len(q_pids), dtype=bool)
+        )
         return np.where(found, pos_clipped, -1)
 
     def same_pid_items(self, q_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,9 +185,14 @@ class _GalleryGroups:
 # --------------------------------------------------------------------------- exact match ranks
 
 
-def _match_ranks(block: np.ndarray, match_rows: np.ndarray, match_cols: np.ndarray,
-                 junk_rows: np.ndarray, junk_cols: np.ndarray,
-                 buffers: dict[str, np.ndarray]) -> np.ndarray:
+def _match_ranks(
+    block: np.ndarray,
+    match_rows: np.ndarray,
+    match_cols: np.ndarray,
+    junk_rows: np.ndarray,
+    junk_cols: np.ndarray,
+    buffers: dict[str, np.ndarray],
+) -> np.ndarray:
     """0-based rank of each match among the row's non-junk items (stable tie rule).
 
     ``block`` is (rows x gallery), C-contiguous; matches and junk are flat (row, column) pairs.
@@ -248,9 +263,18 @@ def single_shot_uniforms(seed: int, query_index: int, num_repeats: int, num_ids:
     return np.random.default_rng([int(seed), int(query_index)]).random((num_repeats, num_ids))
 
 
-def _single_shot_ranks(block: np.ndarray, first_row: int, rows: np.ndarray, slots: np.ndarray,
-                       match_start: np.ndarray, match_count: np.ndarray, match_cols: np.ndarray,
-                       groups: _GalleryGroups, num_repeats: int, seed: int) -> np.ndarray:
+def _single_shot_ranks(
+    block: np.ndarray,
+    first_row: int,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    match_start: np.ndarray,
+    match_count: np.ndarray,
+    match_cols: np.ndarray,
+    groups: _GalleryGroups,
+    num_repeats: int,
+    seed: int,
+) -> np.ndarray:
     """(valid rows x repeats) 0-based rank of the sampled match among one item per identity."""
     num_ids = len(groups.pids)
     uniforms = np.stack([single_shot_uniforms(seed, first_row + r, num_repeats, num_ids) for r in rows])
@@ -312,9 +336,16 @@ class _SmallestKeeper:
 class _RankAccumulator:
     """Sums per-query AP/INP/CMC (and the optional extras) over tiles of query rows."""
 
-    def __init__(self, groups: _GalleryGroups, g_camids: np.ndarray, max_rank: int,
-                 topk_ap: int | None, single_shot_repeats: int, seed: int,
-                 keeper: _SmallestKeeper | None) -> None:
+    def __init__(
+        self,
+        groups: _GalleryGroups,
+        g_camids: np.ndarray,
+        max_rank: int,
+        topk_ap: int | None,
+        single_shot_repeats: int,
+        seed: int,
+        keeper: _SmallestKeeper | None,
+    ) -> None:
         self.groups, self.g_camids = groups, g_camids
         self.max_rank, self.topk_ap = max_rank, topk_ap
         self.single_shot_repeats, self.seed = single_shot_repeats, seed
@@ -329,8 +360,10 @@ class _RankAccumulator:
     def _buffers_for(self, block: np.ndarray) -> dict[str, np.ndarray]:
         scaled = self.buffers.get("scaled")
         if scaled is None or scaled.size < block.size or scaled.dtype != block.dtype:
-            self.buffers = {"scaled": np.empty(block.size, dtype=block.dtype),
-                            "bins": np.empty(block.size, dtype=np.int64)}
+            self.buffers = {
+                "scaled": np.empty(block.size, dtype=block.dtype),
+                "bins": np.empty(block.size, dtype=np.int64),
+            }
         return self.buffers
 
     def add(self, block: np.ndarray, first_row: int, q_pids: np.ndarray, q_camids: np.ndarray) -> None:
@@ -340,8 +373,9 @@ class _RankAccumulator:
         pair_rows, pair_cols = self.groups.same_pid_items(q_pids)
         is_junk = self.g_camids[pair_cols] == q_camids[pair_rows]
         match_rows, match_cols = pair_rows[~is_junk], pair_cols[~is_junk]
-        ranks = _match_ranks(block, match_rows, match_cols, pair_rows[is_junk], pair_cols[is_junk],
-                             self._buffers_for(block))
+        ranks = _match_ranks(
+            block, match_rows, match_cols, pair_rows[is_junk], pair_cols[is_junk], self._buffers_for(block)
+        )
         if self.keeper is not None:
             negative = np.ones(block.shape, dtype=bool)
             negative[pair_rows, pair_cols] = False
@@ -359,8 +393,9 @@ class _RankAccumulator:
         hit_number = np.arange(len(order)) - match_start[rows_sorted] + 1  # 1-based within the query
         precision = hit_number / (ranks_sorted + 1.0)
         counts = match_count[valid]
-        self.ap_sum += float((np.bincount(rows_sorted, weights=precision, minlength=num_rows)[valid]
-                              / counts).sum())
+        self.ap_sum += float(
+            (np.bincount(rows_sorted, weights=precision, minlength=num_rows)[valid] / counts).sum()
+        )
         first = ranks_sorted[match_start[valid]]
         last = ranks_sorted[match_start[valid] + counts - 1]
         self.inp_sum += float((counts / (last + 1.0)).sum())
@@ -370,21 +405,42 @@ class _RankAccumulator:
             truncated = np.bincount(rows_sorted, weights=precision * in_top, minlength=num_rows)[valid]
             self.topk_sum += float((truncated / np.minimum(counts, self.topk_ap)).sum())
         if self.single_shot_repeats:
-            single = _single_shot_ranks(block, first_row, valid, self.groups.slot_of(q_pids), match_start,
-                                        match_count, match_cols, self.groups, self.single_shot_repeats,
-                                        self.seed)
-            self.single_shot_counts += np.bincount(np.minimum(single, self.max_rank).ravel(),
-                                                   minlength=self.max_rank + 1) / self.single_shot_repeats
+            single = _single_shot_ranks(
+                block,
+                first_row,
+                valid,
+                self.groups.slot_of(q_pids),
+                match_start,
+                match_count,
+                match_cols,
+                self.groups,
+                self.single_shot_repeats,
+                self.seed,
+            )
+            self.single_shot_counts += (
+                np.bincount(np.minimum(single, self.max_rank).ravel(), minlength=self.max_rank + 1)
+                / self.single_shot_repeats
+            )
 
 
 # --------------------------------------------------------------------------- public entry point
 
 
-def evaluate_rank(distmat: DistanceSource, q_pids: Sequence[int], g_pids: Sequence[int],
-                  q_camids: Sequence[int], g_camids: Sequence[int], max_rank: int = 50, *,
-                  topk_ap: int | None = None, cuhk03_single_gallery_shot: bool = False,
-                  seed: int = 0, chunk_size: int | None = None,
-                  tpr_fprs: Sequence[float] | None = None, num_repeats: int = 10) -> dict[str, Any]:
+def evaluate_rank(
+    distmat: DistanceSource,
+    q_pids: Sequence[int],
+    g_pids: Sequence[int],
+    q_camids: Sequence[int],
+    g_camids: Sequence[int],
+    max_rank: int = 50,
+    *,
+    topk_ap: int | None = None,
+    cuhk03_single_gallery_shot: bool = False,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    tpr_fprs: Sequence[float] | None = None,
+    num_repeats: int = 10,
+) -> dict[str, Any]:
     """CMC, mAP, mINP (and optionally top-k AP, single-gallery-shot CMC, TPR@FPR) of a ranking.
 
     ``distmat``: query x gallery distances (float32 is fine; smaller = more similar) as a 2-D array,
@@ -433,20 +489,29 @@ def evaluate_rank(distmat: DistanceSource, q_pids: Sequence[int], g_pids: Sequen
         negatives_total = num_q * num_g - same_pairs
         keep = max(_allowed_false_accepts(f, negatives_total) for f in fprs) + 1
         keeper = _SmallestKeeper(min(keep, negatives_total))
-    acc = _RankAccumulator(groups, g_cams_a, max_rank, int(topk_ap) if topk_ap is not None else None,
-                           int(num_repeats) if cuhk03_single_gallery_shot else 0, int(seed), keeper)
+    acc = _RankAccumulator(
+        groups,
+        g_cams_a,
+        max_rank,
+        int(topk_ap) if topk_ap is not None else None,
+        int(num_repeats) if cuhk03_single_gallery_shot else 0,
+        int(seed),
+        keeper,
+    )
 
     tile_rows = max(1, min(_TILE_ELEMENTS // num_g, 8192))  # 8192 rows keep float32 bin ids exact
     for start, block in iter_distance_blocks(distmat, num_q, num_g, _rows_per_chunk(chunk_size, num_g)):
         for offset in range(0, block.shape[0], tile_rows):
             first = start + offset
-            tile = block[offset:offset + tile_rows]
+            tile = block[offset : offset + tile_rows]
             stop = first + tile.shape[0]
             acc.add(tile, first, q_pids_a[first:stop], q_cams_a[first:stop])
 
     if acc.num_valid == 0:
-        raise DataError(f"evaluate_rank: none of the {num_q} queries has a same-pid gallery item in "
-                        "another camera, so no metric is defined (check q_pids/g_pids/camids)")
+        raise DataError(
+            f"evaluate_rank: none of the {num_q} queries has a same-pid gallery item in "
+            "another camera, so no metric is defined (check q_pids/g_pids/camids)"
+        )
     valid = acc.num_valid
     result: dict[str, Any] = {
         "cmc": np.cumsum(acc.first_rank_counts[:max_rank]) / valid,
@@ -465,8 +530,9 @@ def evaluate_rank(distmat: DistanceSource, q_pids: Sequence[int], g_pids: Sequen
     return result
 
 
-def _tpr_at_fprs(fprs: list[float], keeper: _SmallestKeeper, positive_chunks: list[np.ndarray],
-                 negatives_total: int) -> dict[float, float]:
+def _tpr_at_fprs(
+    fprs: list[float], keeper: _SmallestKeeper, positive_chunks: list[np.ndarray], negatives_total: int
+) -> dict[float, float]:
     negatives = np.sort(keeper.values)
     positives = np.concatenate(positive_chunks) if positive_chunks else np.zeros(0)
     tpr = {}

@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image, ImageOps
 
 
 def cmc_curves(curves: Mapping[str, np.ndarray], title: str, out: Path, max_rank: int = 20) -> Path:
@@ -31,8 +31,12 @@ def cmc_curves(curves: Mapping[str, np.ndarray], title: str, out: Path, max_rank
     return out
 
 
-def retrieval_grid(rows: Sequence[tuple[bytes, Sequence[tuple[bytes, bool]]]], out: Path,
-                   cell: tuple[int, int] = (128, 64), border: int = 4) -> Path:
+def retrieval_grid(
+    rows: Sequence[tuple[bytes, Sequence[tuple[bytes, bool]]]],
+    out: Path,
+    cell: tuple[int, int] = (128, 64),
+    border: int = 4,
+) -> Path:
     """One row per query: the query (blue border) then its top-k gallery items (green match / red not)."""
     h, w = cell
     k = max((len(r[1]) for r in rows), default=0)
@@ -53,7 +57,9 @@ def _framed(data: bytes, cell: tuple[int, int], border: int, color: tuple[int, i
     return ImageOps.expand(img, border=border, fill=color)
 
 
-def embedding_scatter(coords: np.ndarray, domains: Sequence[str], pids: np.ndarray, out: Path, title: str) -> Path:
+def embedding_scatter(
+    coords: np.ndarray, domains: Sequence[str], pids: np.ndarray, out: Path, title: str
+) -> Path:
     """Two panels: the same 2-D embedding coloured by domain and by identity."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), dpi=110)
     domain_names = sorted(set(domains))

@@ -59,7 +59,9 @@ class Split:
             raise DataError(f"split record: missing keys {missing}")
         split = cls(**{f: data[f] for f in cls.__dataclass_fields__})
         if len(split.query) != len(split.query_pids) or len(split.gallery) != len(split.gallery_pids):
-            raise DataError(f"split record {split.protocol}#{split.index}: index and pid lists differ in length")
+            raise DataError(
+                f"split record {split.protocol}#{split.index}: index and pid lists differ in length"
+            )
         return split
 
 
@@ -85,8 +87,14 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def standard(distmat: Any, q_pids: Sequence[int], g_pids: Sequence[int], q_camids: Sequence[int],
-             g_camids: Sequence[int], **options: Any) -> dict[str, Any]:
+def standard(
+    distmat: Any,
+    q_pids: Sequence[int],
+    g_pids: Sequence[int],
+    q_camids: Sequence[int],
+    g_camids: Sequence[int],
+    **options: Any,
+) -> dict[str, Any]:
     """One query/gallery evaluation (standard protocol), summarized for ``metrics.json``."""
     return summarize(evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, **options))
 
@@ -99,7 +107,9 @@ def _split_arrays(samples_or_arrays: Any, protocol: str) -> tuple[np.ndarray, np
     if isinstance(samples_or_arrays, Mapping):
         for key in ("pids", "camids"):
             if key not in samples_or_arrays:
-                raise DataError(f"multi_split: arrays mapping needs key {key!r}, got {sorted(samples_or_arrays)}")
+                raise DataError(
+                    f"multi_split: arrays mapping needs key {key!r}, got {sorted(samples_or_arrays)}"
+                )
         pids = np.asarray(samples_or_arrays["pids"], dtype=np.int64)
         camids = np.asarray(samples_or_arrays["camids"], dtype=np.int64)
         sides = samples_or_arrays.get("sides")
@@ -117,20 +127,31 @@ def _split_arrays(samples_or_arrays: Any, protocol: str) -> tuple[np.ndarray, np
         raise DataError("multi_split: pids, camids (and sides) must have one entry per sample")
     if sides is None and protocol in ("viper", "prid"):
         if camids.size and not np.isin(camids, (0, 1)).all():
-            raise DataError(f"multi_split({protocol!r}): expected camids 0 (camera A) and 1 (camera B), "
-                            f"found {sorted(set(camids.tolist()))}")
+            raise DataError(
+                f"multi_split({protocol!r}): expected camids 0 (camera A) and 1 (camera B), "
+                f"found {sorted(set(camids.tolist()))}"
+            )
         sides = camids.copy()
     if protocol == "grid" and sides is None:
-        raise DataError("multi_split('grid'): needs sides (probe = 0, gallery = 1): pass Samples with "
-                        "split query/gallery or a mapping with 'sides'")
+        raise DataError(
+            "multi_split('grid'): needs sides (probe = 0, gallery = 1): pass Samples with "
+            "split query/gallery or a mapping with 'sides'"
+        )
     if sides is not None and sides.size and not np.isin(sides, (0, 1)).all():
         raise DataError("multi_split: sides must be 0 (query view) or 1 (gallery view)")
     return pids, camids, sides
 
 
-def random_id_split(pids: Sequence[int], camids: Sequence[int], num_query_ids: int, *,
-                    sides: Sequence[int] | None = None, seed: int = 0, index: int = 0,
-                    protocol: str = "random_id") -> Split:
+def random_id_split(
+    pids: Sequence[int],
+    camids: Sequence[int],
+    num_query_ids: int,
+    *,
+    sides: Sequence[int] | None = None,
+    seed: int = 0,
+    index: int = 0,
+    protocol: str = "random_id",
+) -> Split:
     """Pick ``num_query_ids`` ids at random; one query and one gallery image each (+ distractors).
 
     With ``sides`` (0 = query view, 1 = gallery view) the candidates are ids with images on both
@@ -146,13 +167,15 @@ def random_id_split(pids: Sequence[int], camids: Sequence[int], num_query_ids: i
     for i, pid in enumerate(pids_a.tolist()):
         by_id.setdefault(pid, []).append(i)
     if sides_a is not None:
-        candidates = sorted(p for p, idx in by_id.items()
-                            if (sides_a[idx] == 0).any() and (sides_a[idx] == 1).any())
+        candidates = sorted(
+            p for p, idx in by_id.items() if (sides_a[idx] == 0).any() and (sides_a[idx] == 1).any()
+        )
     else:
         candidates = sorted(p for p, idx in by_id.items() if len(idx) >= 2)
     if int(num_query_ids) < 1 or int(num_query_ids) > len(candidates):
-        raise ConfigError(f"num_query_ids: expected 1..{len(candidates)} (ids usable as queries), "
-                          f"got {num_query_ids}")
+        raise ConfigError(
+            f"num_query_ids: expected 1..{len(candidates)} (ids usable as queries), got {num_query_ids}"
+        )
     chosen = sorted(rng.choice(candidates, size=int(num_query_ids), replace=False).tolist())
     query, gallery = [], []
     for pid in chosen:
@@ -168,12 +191,25 @@ def random_id_split(pids: Sequence[int], camids: Sequence[int], num_query_ids: i
         query.append(first)
         gallery.append(int(rng.choice(others)))
     if sides_a is not None:
-        distractors = [i for p, idx in sorted(by_id.items())
-                       if not (sides_a[idx] == 0).any() for i in idx if sides_a[i] == 1]
+        distractors = [
+            i
+            for p, idx in sorted(by_id.items())
+            if not (sides_a[idx] == 0).any()
+            for i in idx
+            if sides_a[i] == 1
+        ]
         gallery.extend(distractors)
-    return Split(protocol=protocol, index=int(index), seed=int(seed), query=query, gallery=gallery,
-                 query_pids=pids_a[query].tolist(), gallery_pids=pids_a[gallery].tolist(),
-                 query_camids=[0] * len(query), gallery_camids=[1] * len(gallery))
+    return Split(
+        protocol=protocol,
+        index=int(index),
+        seed=int(seed),
+        query=query,
+        gallery=gallery,
+        query_pids=pids_a[query].tolist(),
+        gallery_pids=pids_a[gallery].tolist(),
+        query_camids=[0] * len(query),
+        gallery_camids=[1] * len(gallery),
+    )
 
 
 def multi_split(samples_or_arrays: Any, protocol: str, num_splits: int = 10, seed: int = 0) -> list[Split]:
@@ -193,23 +229,31 @@ def multi_split(samples_or_arrays: Any, protocol: str, num_splits: int = 10, see
         unique, counts = np.unique(pids, return_counts=True)
         paired = set(unique[counts >= 2].tolist())
     if len(paired) < 2:
-        raise DataError(f"multi_split({protocol!r}): need at least 2 ids with a query and a gallery "
-                        f"image, found {len(paired)}")
+        raise DataError(
+            f"multi_split({protocol!r}): need at least 2 ids with a query and a gallery "
+            f"image, found {len(paired)}"
+        )
     num_query_ids = min(PROTOCOL_QUERY_IDS[protocol], math.ceil(len(paired) / 2))
-    return [random_id_split(pids, camids, num_query_ids, sides=sides, seed=seed, index=i, protocol=protocol)
-            for i in range(int(num_splits))]
+    return [
+        random_id_split(pids, camids, num_query_ids, sides=sides, seed=seed, index=i, protocol=protocol)
+        for i in range(int(num_splits))
+    ]
 
 
 # --------------------------------------------------------------------------- aggregation
 
 
 def _scalar_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in summary.items()
-            if isinstance(v, (int, float, np.floating, np.integer)) and not k.startswith("num_")}
+    return {
+        k: float(v)
+        for k, v in summary.items()
+        if isinstance(v, (int, float, np.floating, np.integer)) and not k.startswith("num_")
+    }
 
 
-def evaluate_splits(distfn: Callable[[list[int], list[int]], Any], splits: Sequence[Split],
-                    **options: Any) -> dict[str, Any]:
+def evaluate_splits(
+    distfn: Callable[[list[int], list[int]], Any], splits: Sequence[Split], **options: Any
+) -> dict[str, Any]:
     """Evaluate every split; ``distfn(query_indices, gallery_indices)`` returns their distances.
 
     Returns ``{"mean": {...}, "std": {...}, "splits": [per-split summary with its record]}``; std is
@@ -219,8 +263,14 @@ def evaluate_splits(distfn: Callable[[list[int], list[int]], Any], splits: Seque
         raise ConfigError("evaluate_splits: expected at least one split")
     per_split = []
     for split in splits:
-        summary = standard(distfn(list(split.query), list(split.gallery)), split.query_pids,
-                           split.gallery_pids, split.query_camids, split.gallery_camids, **options)
+        summary = standard(
+            distfn(list(split.query), list(split.gallery)),
+            split.query_pids,
+            split.gallery_pids,
+            split.query_camids,
+            split.gallery_camids,
+            **options,
+        )
         per_split.append({"split": split.to_dict(), "metrics": summary})
     scalars = [_scalar_metrics(s["metrics"]) for s in per_split]
     keys = [k for k in scalars[0] if all(k in s for s in scalars)]
@@ -235,8 +285,11 @@ def average_over_targets(results_by_target: Mapping[str, Mapping[str, Any]]) -> 
     """Average each metric over targets (each a split result's ``mean`` or a plain summary)."""
     if not results_by_target:
         raise ConfigError("average_over_targets: expected at least one target")
-    per_target = {name: _scalar_metrics(result.get("mean", result))
-                  for name, result in results_by_target.items()}
+    per_target = {
+        name: _scalar_metrics(result.get("mean", result)) for name, result in results_by_target.items()
+    }
     keys = [k for k in next(iter(per_target.values())) if all(k in m for m in per_target.values())]
-    return {"mean": {k: float(np.mean([m[k] for m in per_target.values()])) for k in keys},
-            "targets": per_target}
+    return {
+        "mean": {k: float(np.mean([m[k] for m in per_target.values()])) for k in keys},
+        "targets": per_target,
+    }

@@ -14,8 +14,9 @@ import numpy as np
 from reidflow.eval.metrics import single_shot_uniforms
 
 
-def _query_ranking(dist_row: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray,
-                   q_pid: int, q_camid: int) -> tuple[np.ndarray, np.ndarray]:
+def _query_ranking(
+    dist_row: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray, q_pid: int, q_camid: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Gallery order for one query (stable argsort) with junk removed; returns (order, is_match)."""
     order = np.argsort(dist_row, kind="stable")
     same_pid = g_pids[order] == q_pid
@@ -24,8 +25,9 @@ def _query_ranking(dist_row: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarra
     return order[keep], same_pid[keep]
 
 
-def evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                            topk_ap: int | None = None) -> dict:
+def evaluate_rank_reference(
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, topk_ap: int | None = None
+) -> dict:
     """Per-query loop: CMC, mAP, mINP (and top-k AP) under the standard protocol."""
     distmat = np.asarray(distmat)
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
@@ -65,8 +67,9 @@ def evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_ran
     return result
 
 
-def single_gallery_shot_cmc_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                                      num_repeats: int = 10, seed: int = 0) -> np.ndarray:
+def single_gallery_shot_cmc_reference(
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, num_repeats: int = 10, seed: int = 0
+) -> np.ndarray:
     """CUHK03 single-gallery-shot CMC with the same draws as the fast version.
 
     For each repeat, identity ``p`` (the ``k``-th smallest gallery pid) is represented by
@@ -124,16 +127,18 @@ def tpr_at_fpr_reference(distmat, q_pids, g_pids, q_camids, g_camids, fprs) -> d
     return out
 
 
-def k_reciprocal_reference(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
-                           lambda_value: float = 0.3) -> np.ndarray:
+def k_reciprocal_reference(
+    q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+) -> np.ndarray:
     """Dense k-reciprocal re-ranking (Zhong et al. 2017), step by step as published.
 
     Inputs are (squared) distances; returns the re-ranked query x gallery distances.
     """
     q_g = np.asarray(q_g_dist, dtype=np.float32)
     num_q, num_g = q_g.shape
-    full = np.block([[np.asarray(q_q_dist, dtype=np.float32), q_g],
-                     [q_g.T, np.asarray(g_g_dist, dtype=np.float32)]])
+    full = np.block(
+        [[np.asarray(q_q_dist, dtype=np.float32), q_g], [q_g.T, np.asarray(g_g_dist, dtype=np.float32)]]
+    )
     num_all = num_q + num_g
     # Each column divided by its maximum, then transposed: row i holds distances *to* i.
     original = (full / full.max(axis=0)).T
@@ -206,5 +211,9 @@ def evaluate_rank_field_style(distmat, q_pids, g_pids, q_camids, g_camids, max_r
         tmp_cmc = [x / (i + 1.0) for i, x in enumerate(tmp_cmc)]
         tmp_cmc = np.asarray(tmp_cmc) * raw_cmc
         all_ap.append(tmp_cmc.sum() / num_rel)
-    return {"cmc": np.asarray(all_cmc, dtype=np.float64).sum(0) / len(all_cmc), "mAP": float(np.mean(all_ap)),
-            "mINP": float(np.mean(all_inp)), "num_valid_queries": len(all_ap)}
+    return {
+        "cmc": np.asarray(all_cmc, dtype=np.float64).sum(0) / len(all_cmc),
+        "mAP": float(np.mean(all_ap)),
+        "mINP": float(np.mean(all_inp)),
+        "num_valid_queries": len(all_ap),
+    }

@@ -34,7 +34,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir: Path, title: str, intro: str, sections: Sequence[ReportSection]) -> tuple[Path, Path]:
+def write_report(
+    out_dir: Path, title: str, intro: str, sections: Sequence[ReportSection]
+) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``out_dir`` (images must already be inside it)."""
     md = [f"# {title}", "", intro, ""]
     for sec in sections:
@@ -51,14 +53,19 @@ def write_report(out_dir: Path, title: str, intro: str, sections: Sequence[Repor
     return md_path, html_path
 
 
+_STYLE = (
+    "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
+    "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    "figure{margin:1em 0}figcaption{color:#555;font-size:13px}img{max-width:100%}</style></head><body>"
+)
+
+
 def _html(title: str, intro: str, sections: Sequence[ReportSection]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-        "figure{margin:1em 0}figcaption{color:#555;font-size:13px}img{max-width:100%}</style></head><body>",
+        _STYLE,
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{_inline(intro)}</p>",
     ]
@@ -68,13 +75,17 @@ def _html(title: str, intro: str, sections: Sequence[ReportSection]) -> str:
             cols = list(sec.table[0])
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
             for row in sec.table:
-                parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c, '')))}</td>" for c in cols) + "</tr>")
+                parts.append(
+                    "<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c, '')))}</td>" for c in cols) + "</tr>"
+                )
             parts.append("</table>")
         parts += [f"<p>{_inline(n)}</p>" for n in sec.notes]
         for caption, path in sec.images:
             data = base64.b64encode(path.read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -22,6 +22,8 @@ different neighbour sets than the dense version's (unstable) argsort.
 
 from __future__ import annotations
 
+import logging
+
 from itertools import pairwise
 from typing import Any
 
@@ -34,6 +36,8 @@ from reidflow.errors import ConfigError, DataError
 _BLOCK_ELEMENTS = 1 << 23  # distances materialized at once (~32 MB float32)
 _TRIPLES_PER_STEP = 1 << 22  # (query, shared neighbour, gallery) triples accumulated at once
 _JACCARD_CELLS = 1 << 21  # query x gallery cells of one Jaccard step (float64 accumulators)
+
+log = logging.getLogger(__name__)
 
 
 class _MatrixColumns:
@@ -55,8 +59,8 @@ class _MatrixColumns:
         g_start = max(start, nq)
         if stop > nq:  # gallery columns: M[:nq, nq+g] = q_g[:, g], M[nq:, nq+g] = g_g[:, g]
             rows = slice(g_start - start, stop - start)
-            out[rows, :nq] = self.q_g[:, g_start - nq: stop - nq].T
-            out[rows, nq:] = self.g_g[:, g_start - nq: stop - nq].T
+            out[rows, :nq] = self.q_g[:, g_start - nq : stop - nq].T
+            out[rows, nq:] = self.g_g[:, g_start - nq : stop - nq].T
         return out
 
     def entries(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
@@ -95,9 +99,9 @@ class _FeatureColumns:
         out = np.empty(col.shape, dtype=np.float32)
         step = 1 << 20
         for s in range(0, col.size, step):
-            c, r = col[s:s + step], row[s:s + step]
+            c, r = col[s : s + step], row[s : s + step]
             dots = np.einsum("ij,ij->i", self.features[c], self.features[r])
-            out[s:s + step] = np.maximum(self.norms[c] + self.norms[r] - 2.0 * dots, 0.0)
+            out[s : s + step] = np.maximum(self.norms[c] + self.norms[r] - 2.0 * dots, 0.0)
         return out
 
 
@@ -115,14 +119,21 @@ def _column_max_and_neighbours(source: Any, num_neighbours: int) -> tuple[np.nda
         stop = min(start + rows, num_all)
         block = source.columns(start, stop)
         if np.isnan(block).any():
-            raise DataError(f"k_reciprocal: NaN distance in column {start + int(np.isnan(block).any(1).argmax())}")
+            raise DataError(
+                f"k_reciprocal: NaN distance in column {start + int(np.isnan(block).any(1).argmax())}"
+            )
         col_max[start:stop] = block.max(axis=1)
         # dividing a column by its (positive) max keeps the order, so rank the raw distances
         _, index = torch.topk(torch.from_numpy(block), num_neighbours, dim=1, largest=False, sorted=True)
         neighbours[start:stop] = index.numpy()
-    if np.any(col_max <= 0):
-        bad = int(np.argmax(col_max <= 0))
-        raise DataError(f"k_reciprocal: every distance to item {bad} is 0 (column max 0); cannot normalize")
+    degenerate = col_max <= 0
+    if np.any(degenerate):
+        # Every distance to these items is 0 (e.g. a collapsed model embeds everything alike). The
+        # dense original divides by 0 and yields NaN; we leave such columns unscaled so evaluation
+        # still reports the (chance-level) result instead of failing.
+        log.warning("k_reciprocal: %d item(s) at distance 0 from everything (first: %d); their column is not "
+                    "normalized", int(degenerate.sum()), int(np.argmax(degenerate)))
+        col_max[degenerate] = 1.0
     return col_max, neighbours
 
 
@@ -136,8 +147,9 @@ def _reciprocal_mask(neighbours: np.ndarray, k: int, rows: np.ndarray) -> np.nda
 def _expanded_sets(neighbours: np.ndarray, k1: int, num_all: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat ``(item, member)`` pairs of every item's expanded k-reciprocal set, sorted, unique."""
     half = int(np.around(k1 / 2.0))
-    half_sets = np.where(_reciprocal_mask(neighbours, half, np.arange(num_all)),
-                         neighbours[:, : half + 1], -1)  # (N, half + 1), -1 = absent
+    half_sets = np.where(
+        _reciprocal_mask(neighbours, half, np.arange(num_all)), neighbours[:, : half + 1], -1
+    )  # (N, half + 1), -1 = absent
     half_sizes = (half_sets >= 0).sum(axis=1)
     out_rows, out_cols = [], []
     step = max(1, (1 << 22) // ((k1 + 1) ** 2 * (half + 1)))
@@ -169,28 +181,32 @@ def _weights(source: Any, col_max: np.ndarray, neighbours: np.ndarray, k1: int, 
     if k2 != 1:
         k2 = min(k2, neighbours.shape[1])
         expand_rows = np.repeat(np.arange(num_all), k2)
-        expand = sp.csr_matrix((np.full(expand_rows.size, 1.0 / k2), (expand_rows, neighbours[:, :k2].ravel())),
-                               shape=(num_all, num_all))
+        expand = sp.csr_matrix(
+            (np.full(expand_rows.size, 1.0 / k2), (expand_rows, neighbours[:, :k2].ravel())),
+            shape=(num_all, num_all),
+        )
         weights = (expand @ weights).tocsr()
     weights.sort_indices()
     return weights
 
 
-def _jaccard_rows(weights: sp.csr_matrix, num_q: int, num_g: int, start: int, stop: int,
-                  gallery_cols: sp.csc_matrix) -> np.ndarray:
+def _jaccard_rows(
+    weights: sp.csr_matrix, num_q: int, num_g: int, start: int, stop: int, gallery_cols: sp.csc_matrix
+) -> np.ndarray:
     """Jaccard distances of queries ``start..stop-1`` to every gallery item (dense block)."""
     indptr, indices, data = weights.indptr, weights.indices, weights.data
     col_ptr, col_rows, col_data = gallery_cols.indptr, gallery_cols.indices, gallery_cols.data
     lo, hi = indptr[start], indptr[stop]
-    query_of = np.repeat(np.arange(stop - start), np.diff(indptr[start:stop + 1]))
+    query_of = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
     shared_item, query_value = indices[lo:hi], data[lo:hi]
     fan_out = col_ptr[shared_item + 1] - col_ptr[shared_item]
     total = int(fan_out.sum())
     pair_query = np.repeat(query_of, fan_out)
     first = np.repeat(col_ptr[shared_item] - (np.cumsum(fan_out) - fan_out), fan_out) + np.arange(total)
     contribution = np.minimum(np.repeat(query_value, fan_out), col_data[first])
-    shared = np.bincount(pair_query * num_g + col_rows[first], weights=contribution,
-                         minlength=(stop - start) * num_g).reshape(stop - start, num_g)
+    shared = np.bincount(
+        pair_query * num_g + col_rows[first], weights=contribution, minlength=(stop - start) * num_g
+    ).reshape(stop - start, num_g)
     return 1.0 - shared / (2.0 - shared)
 
 
@@ -198,7 +214,7 @@ def _query_steps(weights: sp.csr_matrix, gallery_cols: sp.csc_matrix, num_q: int
     """Query boundaries so that each step holds a bounded number of triples and dense cells."""
     per_item = np.diff(gallery_cols.indptr)
     running = np.concatenate([[0], np.cumsum(per_item[weights.indices])])
-    per_query = running[weights.indptr[1: num_q + 1]] - running[weights.indptr[:num_q]]
+    per_query = running[weights.indptr[1 : num_q + 1]] - running[weights.indptr[:num_q]]
     bounds, load, cells = [0], 0, 0
     for q in range(num_q):
         if q > bounds[-1] and (load + per_query[q] > _TRIPLES_PER_STEP or cells + num_g > _JACCARD_CELLS):
@@ -236,8 +252,9 @@ def _rerank(source: Any, k1: int, k2: int, lambda_value: float) -> np.ndarray:
     return final
 
 
-def k_reciprocal(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int = 6,
-                 lambda_value: float = 0.3) -> np.ndarray:
+def k_reciprocal(
+    q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+) -> np.ndarray:
     """Re-ranked query x gallery distances (float32) from (squared) q-g, q-q and g-g distances."""
     q_g = np.asarray(q_g_dist, dtype=np.float32)
     q_q = np.asarray(q_q_dist, dtype=np.float32)
@@ -252,8 +269,9 @@ def k_reciprocal(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: 
     return _rerank(_MatrixColumns(q_g, q_q, g_g), k1, k2, lambda_value)
 
 
-def k_reciprocal_from_features(q_feat: Any, g_feat: Any, k1: int = 20, k2: int = 6,
-                               lambda_value: float = 0.3) -> np.ndarray:
+def k_reciprocal_from_features(
+    q_feat: Any, g_feat: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+) -> np.ndarray:
     """Same as :func:`k_reciprocal` on squared Euclidean distances computed block by block.
 
     Only the output (queries x gallery, float32) and O(N * k) neighbour data are held in memory,
@@ -265,11 +283,13 @@ def k_reciprocal_from_features(q_feat: Any, g_feat: Any, k1: int = 20, k2: int =
         g_feat = g_feat.detach().cpu().numpy()
     q, g = np.asarray(q_feat), np.asarray(g_feat)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise DataError(f"k_reciprocal_from_features: expected 2-D q_feat and g_feat with the same "
-                        f"feature size, got {q.shape} and {g.shape}")
+        raise DataError(
+            f"k_reciprocal_from_features: expected 2-D q_feat and g_feat with the same "
+            f"feature size, got {q.shape} and {g.shape}"
+        )
     return _rerank(_FeatureColumns(q, g), k1, k2, lambda_value)
 
 
 def squared_euclidean(a: Any, b: Any) -> np.ndarray:
     """Dense squared Euclidean distances (float32), the inputs re-ranking expects."""
-    return _FeatureColumns(np.asarray(a), np.asarray(b)).columns(0, len(a))[:, len(a):]
+    return _FeatureColumns(np.asarray(a), np.asarray(b)).columns(0, len(a))[:, len(a) :]

@@ -24,8 +24,16 @@ class RerankParams:
 
 
 def score_variants(
-    q: np.ndarray, g: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray,
-    *, max_rank: int, rerank: RerankParams | None, cam: tuple[np.ndarray, np.ndarray] | None = None,
+    q: np.ndarray,
+    g: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    *,
+    max_rank: int,
+    rerank: RerankParams | None,
+    cam: tuple[np.ndarray, np.ndarray] | None = None,
     camera_lambda: float = 0.1,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """Metrics per variant and the q×g distance matrix each variant ranked with."""
@@ -39,7 +47,9 @@ def score_variants(
         cq, cg = cam
         dists["camera"] = camera_corrected(d_qg, sq_euclidean(cq, cg), camera_lambda)
     if rerank is not None:
-        dists["rerank"] = k_reciprocal(d_qg, d_qq, d_gg, k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value)
+        dists["rerank"] = k_reciprocal(
+            d_qg, d_qq, d_gg, k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value
+        )
         if cam is not None:
             cq, cg = cam
             # d - λ·d_cam can be negative; re-ranking normalizes columns by their maximum, so all three
@@ -47,11 +57,17 @@ def score_variants(
             # every ordering and makes each column's maximum positive.
             shift = 4.0 * camera_lambda
             dists["camera+rerank"] = k_reciprocal(
-                dists["camera"] + shift, camera_corrected(d_qq, sq_euclidean(cq, cq), camera_lambda) + shift,
+                dists["camera"] + shift,
+                camera_corrected(d_qq, sq_euclidean(cq, cq), camera_lambda) + shift,
                 camera_corrected(d_gg, sq_euclidean(cg, cg), camera_lambda) + shift,
-                k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value)
-    results = {name: evaluate_rank(d, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
-               for name, d in dists.items()}
+                k1=rerank.k1,
+                k2=rerank.k2,
+                lambda_value=rerank.lambda_value,
+            )
+    results = {
+        name: evaluate_rank(d, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+        for name, d in dists.items()
+    }
     return results, dists
 
 
@@ -59,5 +75,9 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
     """mAP, rank-1/5/10 and mINP of one evaluation, as plain floats (fractions)."""
     cmc = np.asarray(result["cmc"])
     pick = {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
-    return {"mAP": float(result["mAP"]), **pick, "mINP": float(result["mINP"]),
-            "valid_queries": int(result["num_valid_queries"])}
+    return {
+        "mAP": float(result["mAP"]),
+        **pick,
+        "mINP": float(result["mINP"]),
+        "valid_queries": int(result["num_valid_queries"]),
+    }

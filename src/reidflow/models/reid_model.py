@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from reidflow.errors import ConfigError
@@ -115,13 +115,9 @@ class ModelConfig(BaseModel):
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "model") -> ModelConfig:
         """Validate ``data``; errors become a ConfigError naming ``where.<key>`` and the problem."""
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigError(f"invalid model config: {problems}") from None
+        from reidflow.config import validate_as
+
+        return validate_as(cls, data, where)
 
 
 def build_reid_model(cfg: ModelConfig | Mapping[str, Any]) -> ReIDModel:

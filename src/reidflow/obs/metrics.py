@@ -13,8 +13,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, pushadd_to_gateway, push_to_gateway
-from prometheus_client import start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    push_to_gateway,
+    pushadd_to_gateway,
+    start_http_server,
+)
 
 import reidflow
 from reidflow.store.lineage import git_info, scrub
@@ -35,23 +43,43 @@ class StageMetrics:
         self.steps = Counter("reidflow_steps", "Optimizer steps (training iterations) completed", registry=r)
         self.loss = Gauge("reidflow_loss", "Latest value of each loss term", ["term"], registry=r)
         self.lr = Gauge("reidflow_learning_rate", "Current learning rate", ["group"], registry=r)
-        self.step_seconds = Histogram("reidflow_step_duration_seconds", "Wall time of one training step",
-                                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        self.eval_map = Gauge("reidflow_eval_map_ratio", "mAP of the last evaluation (0-1)", ["target", "model"],
-                              registry=r)
-        self.eval_rank1 = Gauge("reidflow_eval_rank1_ratio", "Rank-1 of the last evaluation (0-1)",
-                                ["target", "model"], registry=r)
-        self.last_success = Gauge("reidflow_last_success_timestamp_seconds",
-                                  "Unix time the stage last finished successfully", registry=r)
-        self.last_failure = Gauge("reidflow_last_failure_timestamp_seconds",
-                                  "Unix time the stage last failed", registry=r)
+        self.step_seconds = Histogram(
+            "reidflow_step_duration_seconds",
+            "Wall time of one training step",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.eval_map = Gauge(
+            "reidflow_eval_map_ratio", "mAP of the last evaluation (0-1)", ["target", "model"], registry=r
+        )
+        self.eval_rank1 = Gauge(
+            "reidflow_eval_rank1_ratio",
+            "Rank-1 of the last evaluation (0-1)",
+            ["target", "model"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "reidflow_last_success_timestamp_seconds",
+            "Unix time the stage last finished successfully",
+            registry=r,
+        )
+        self.last_failure = Gauge(
+            "reidflow_last_failure_timestamp_seconds", "Unix time the stage last failed", registry=r
+        )
         self.duration = Gauge("reidflow_run_duration_seconds", "Wall time of the stage run", registry=r)
         info = Info("reidflow_build", "reidflow build information", registry=r)
-        info.info({"version": reidflow.__version__, "git_commit": str(git_info().get("git_commit") or "unknown"),
-                   "stage": self.stage})
+        info.info(
+            {
+                "version": reidflow.__version__,
+                "git_commit": str(git_info().get("git_commit") or "unknown"),
+                "stage": self.stage,
+            }
+        )
         self._started = time.time()
 
-    def observe_step(self, *, losses: dict[str, float], lrs: dict[str, float], seconds: float, samples: int) -> None:
+    def observe_step(
+        self, *, losses: dict[str, float], lrs: dict[str, float], seconds: float, samples: int
+    ) -> None:
         for term, value in losses.items():
             self.loss.labels(term=term).set(float(value))
         for group, value in lrs.items():
@@ -60,7 +88,7 @@ class StageMetrics:
         self.samples.inc(samples)
         self.steps.inc()
 
-    def observe_eval(self, target: str, model: str, mAP: float, rank1: float) -> None:  # noqa: N803
+    def observe_eval(self, target: str, model: str, mAP: float, rank1: float) -> None:
         self.eval_map.labels(target=target, model=model).set(mAP)
         self.eval_rank1.labels(target=target, model=model).set(rank1)
 
@@ -95,7 +123,7 @@ def _without(registry: CollectorRegistry, name: str) -> CollectorRegistry:
     """A registry view that leaves out one metric family (the success time on a failed run)."""
 
     class _Filtered(CollectorRegistry):
-        def collect(self):  # noqa: ANN202
+        def collect(self):
             for family in registry.collect():
                 if family.name != name:
                     yield family

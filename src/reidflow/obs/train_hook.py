@@ -14,4 +14,6 @@ class PrometheusHook(Hook):
 
     def after_step(self, step: StepInfo) -> None:
         losses = {k: v for k, v in step.metrics.items() if not k.startswith("grad_norm/")}
-        self.metrics.observe_step(losses=losses, lrs=step.lrs, seconds=step.step_seconds, samples=step.samples)
+        self.metrics.observe_step(
+            losses=losses, lrs=step.lrs, seconds=step.step_seconds, samples=step.samples
+        )

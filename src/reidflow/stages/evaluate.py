@@ -75,8 +75,15 @@ def dataset_dirs(art: InputArtifact) -> list[Path]:
     return dirs
 
 
-def run(cfg: EvaluateConfig, models: list[str], eval_sets: list[str], output: str | Path,
-        ctx: RunContext | None = None, camera_model: str | None = None, observer: Any = None) -> Path:
+def run(
+    cfg: EvaluateConfig,
+    models: list[str],
+    eval_sets: list[str],
+    output: str | Path,
+    ctx: RunContext | None = None,
+    camera_model: str | None = None,
+    observer: Any = None,
+) -> Path:
     """Evaluate every model and (with several) their ensemble on every query/gallery dataset.
 
     ``camera_model``: a model artifact trained with ``labels: camera`` (``reidflow pretrain
@@ -88,8 +95,10 @@ def run(cfg: EvaluateConfig, models: list[str], eval_sets: list[str], output: st
     if not eval_sets:
         raise ConfigError("evaluate: expected at least one --input eval=URI (shards with query/gallery)")
     if cfg.camera.enabled and not camera_model:
-        raise ConfigError("evaluate.camera.enabled needs --input camera=URI: a camera model artifact "
-                          "(`reidflow pretrain --section camera` on the target's unlabelled train split)")
+        raise ConfigError(
+            "evaluate.camera.enabled needs --input camera=URI: a camera model artifact "
+            "(`reidflow pretrain --section camera` on the target's unlabelled train split)"
+        )
     device = _device(cfg.device)
     model_inputs = [open_input(f"model{i}", uri) for i, uri in enumerate(models)]
     camera_input = open_input("camera", camera_model) if cfg.camera.enabled and camera_model else None
@@ -100,11 +109,19 @@ def run(cfg: EvaluateConfig, models: list[str], eval_sets: list[str], output: st
     if len(set(names)) != len(names):
         names = [f"{n}#{i}" for i, n in enumerate(names)]
     resolved = cfg.model_dump()
-    rerank = RerankParams(cfg.rerank.k1, cfg.rerank.k2, cfg.rerank.lambda_value) if cfg.rerank.enabled else None
-    with write_artifact(output, kind="evaluation", stage="evaluate", params=resolved,
-                        params_digest=params_digest(resolved), seed=cfg.seed,
-                        inputs=[*model_inputs, *set_inputs, *([camera_input] if camera_input else [])],
-                        ctx=ctx) as art:
+    rerank = (
+        RerankParams(cfg.rerank.k1, cfg.rerank.k2, cfg.rerank.lambda_value) if cfg.rerank.enabled else None
+    )
+    with write_artifact(
+        output,
+        kind="evaluation",
+        stage="evaluate",
+        params=resolved,
+        params_digest=params_digest(resolved),
+        seed=cfg.seed,
+        inputs=[*model_inputs, *set_inputs, *([camera_input] if camera_input else [])],
+        ctx=ctx,
+    ) as art:
         art.device = device
         (art.path / "figures").mkdir()
         (art.path / "plots").mkdir()
@@ -122,47 +139,74 @@ def run(cfg: EvaluateConfig, models: list[str], eval_sets: list[str], output: st
                 per_model = {}
                 for name, (_, model, meta) in zip(names, loaded, strict=True):
                     inp = meta["input"]
-                    per_model[name] = extract(model, qg, height=inp["height"], width=inp["width"],
-                                              batch_size=cfg.batch_size, flip=cfg.flip, device=device,
-                                              num_workers=cfg.num_workers, mean=tuple(meta["normalize"]["mean"]),
-                                              std=tuple(meta["normalize"]["std"]))
+                    per_model[name] = extract(
+                        model,
+                        qg,
+                        height=inp["height"],
+                        width=inp["width"],
+                        batch_size=cfg.batch_size,
+                        flip=cfg.flip,
+                        device=device,
+                        num_workers=cfg.num_workers,
+                        mean=tuple(meta["normalize"]["mean"]),
+                        std=tuple(meta["normalize"]["std"]),
+                    )
                 if cfg.ensemble and len(per_model) > 1:
                     first = next(iter(per_model.values()))
                     stacked = concat_features([f.features for f in per_model.values()], cfg.ensemble_weights)
-                    per_model["ensemble"] = Features(stacked, first.pids, first.camids, first.domains, first.keys)
+                    per_model["ensemble"] = Features(
+                        stacked, first.pids, first.camids, first.domains, first.keys
+                    )
                 cam_feats = None
                 if camera is not None and _camera_covers(camera[1], qg):
                     cam_model, cam_meta = camera
-                    cam_feats = extract(cam_model, qg, height=cam_meta["input"]["height"],
-                                        width=cam_meta["input"]["width"], batch_size=cfg.batch_size,
-                                        flip=cfg.flip, device=device, num_workers=cfg.num_workers,
-                                        mean=tuple(cam_meta["normalize"]["mean"]),
-                                        std=tuple(cam_meta["normalize"]["std"]))
-                target_result, section, best = _score_target(target, qg, per_model, cfg, rerank, art.path,
-                                                             cam_feats)
+                    cam_feats = extract(
+                        cam_model,
+                        qg,
+                        height=cam_meta["input"]["height"],
+                        width=cam_meta["input"]["width"],
+                        batch_size=cfg.batch_size,
+                        flip=cfg.flip,
+                        device=device,
+                        num_workers=cfg.num_workers,
+                        mean=tuple(cam_meta["normalize"]["mean"]),
+                        std=tuple(cam_meta["normalize"]["std"]),
+                    )
+                target_result, section, best = _score_target(
+                    target, qg, per_model, cfg, rerank, art.path, cam_feats
+                )
                 if observer is not None:
                     for mname, mres in target_result["models"].items():
-                        best_v = mres["variants"][_best_variant(mres["variants"])]
-                        observer.observe_eval(target, mname, best_v["mAP"], best_v["rank1"])
+                        final_v = mres["variants"][_final_variant(mres["variants"])]
+                        observer.observe_eval(target, mname, final_v["mAP"], final_v["rank1"])
                 results[target] = target_result
                 sections.append(section)
                 embed_feats.append(best)
                 if cfg.save_features:
-                    np.savez_compressed(art.path / f"features_{target}.npz",
-                                        **{n: f.features for n, f in per_model.items()}, keys=np.asarray(qg.keys))
+                    np.savez_compressed(
+                        art.path / f"features_{target}.npz",
+                        **{n: f.features for n, f in per_model.items()},
+                        keys=np.asarray(qg.keys),
+                    )
         if not results:
             raise DataError("evaluate: none of the eval inputs has a query and a gallery split")
-        summary = {t: {m: r["variants"][_best_variant(r["variants"])] for m, r in res["models"].items()}
-                   for t, res in results.items()}
+        summary = {
+            t: {m: r["variants"][_final_variant(r["variants"])] for m, r in res["models"].items()}
+            for t, res in results.items()
+        }
         art.metrics = {"summary": summary, "targets": results}
         sections.insert(0, _summary_section(summary))
         if cfg.report.embedding != "none":
             sections.append(_embedding_section(embed_feats, cfg, art.path))
-        write_report(art.path, "reidflow evaluation report",
-                     f"Models: {', '.join(names)}. Datasets: {', '.join(results)}. "
-                     "Values in %; `plain` = Euclidean distance on L2-normalized (flip-averaged) features, "
-                     "`rerank` = k-reciprocal re-ranking "
-                     f"(k1={cfg.rerank.k1}, k2={cfg.rerank.k2}, λ={cfg.rerank.lambda_value}).", sections)
+        write_report(
+            art.path,
+            "reidflow evaluation report",
+            f"Models: {', '.join(names)}. Datasets: {', '.join(results)}. "
+            "Values in %; `plain` = Euclidean distance on L2-normalized (flip-averaged) features, "
+            "`rerank` = k-reciprocal re-ranking "
+            f"(k1={cfg.rerank.k1}, k2={cfg.rerank.k2}, λ={cfg.rerank.lambda_value}).",
+            sections,
+        )
     return Path(str(output))
 
 
@@ -177,16 +221,23 @@ def _model_name(art: InputArtifact, i: int) -> str:
     return str(meta.get("name") or meta.get("model", {}).get("backbone") or f"model{i}")
 
 
-def _best_variant(variants: dict[str, Any]) -> str:
+def _final_variant(variants: dict[str, Any]) -> str:
+    """The pipeline's final variant: the most post-processing that ran (not the highest score)."""
     for name in ("camera+rerank", "rerank", "camera", "plain"):
         if name in variants:
             return name
     raise DataError("no evaluation variant")  # pragma: no cover
 
 
-def _score_target(target: str, qg: ShardIndex, per_model: dict[str, Features], cfg: EvaluateConfig,
-                  rerank: RerankParams | None, out: Path,
-                  cam_feats: Features | None = None) -> tuple[dict[str, Any], ReportSection, Features]:
+def _score_target(
+    target: str,
+    qg: ShardIndex,
+    per_model: dict[str, Features],
+    cfg: EvaluateConfig,
+    rerank: RerankParams | None,
+    out: Path,
+    cam_feats: Features | None = None,
+) -> tuple[dict[str, Any], ReportSection, Features]:
     is_q = np.asarray(qg.splits) == "query"
     q_rows, g_rows = np.flatnonzero(is_q), np.flatnonzero(~is_q)
     cam = (cam_feats.features[q_rows], cam_feats.features[g_rows]) if cam_feats is not None else None
@@ -196,33 +247,59 @@ def _score_target(target: str, qg: ShardIndex, per_model: dict[str, Features], c
     dist_for_grid = None
     for name, feats in per_model.items():
         q, g = feats.take(q_rows), feats.take(g_rows)
-        variants, dists = score_variants(q.features, g.features, q.pids, g.pids, q.camids, g.camids,
-                                         max_rank=cfg.max_rank, rerank=rerank, cam=cam,
-                                         camera_lambda=cfg.camera.lambda_value)
+        variants, dists = score_variants(
+            q.features,
+            g.features,
+            q.pids,
+            g.pids,
+            q.camids,
+            g.camids,
+            max_rank=cfg.max_rank,
+            rerank=rerank,
+            cam=cam,
+            camera_lambda=cfg.camera.lambda_value,
+        )
         models[name] = {"variants": {v: headline(r) for v, r in variants.items()}}
         for v, r in variants.items():
             rows.append({"model": name, "variant": v, **{k: val for k, val in headline(r).items()}})
             curves[f"{name} {v}"] = np.asarray(r["cmc"])
             _write_cmc_csv(out / "plots" / f"cmc_{target}_{name}_{v}.csv".replace("+", "_"), r["cmc"])
-        dist_for_grid = (name, dists[_best_variant(variants)], q, g)
+        dist_for_grid = (name, dists[_final_variant(variants)], q, g)
     from reidflow.eval.plots import cmc_curves, retrieval_grid
 
     section = ReportSection(f"{target}", table=rows)
-    section.images.append((f"CMC curves on {target}",
-                           cmc_curves(curves, f"CMC - {target}", out / "figures" / f"cmc_{target}.png",
-                                      max_rank=min(20, len(g_rows)))))
+    section.images.append(
+        (
+            f"CMC curves on {target}",
+            cmc_curves(
+                curves,
+                f"CMC - {target}",
+                out / "figures" / f"cmc_{target}.png",
+                max_rank=min(20, len(g_rows)),
+            ),
+        )
+    )
     if cfg.report.retrieval_queries and dist_for_grid is not None:
         name, dist, q, g = dist_for_grid
         grid = _retrieval_rows(qg, q_rows, g_rows, dist, q, g, cfg)
-        section.images.append((f"Retrieval on {target} with {name} (query in blue, then top-{cfg.report.topk}: "
-                               "green = same identity, red = other)",
-                               retrieval_grid(grid, out / "figures" / f"retrieval_{target}.png")))
+        caption = (
+            f"Retrieval on {target} with {name} (query in blue, then top-{cfg.report.topk}: "
+            "green = same identity, red = other)"
+        )
+        section.images.append((caption, retrieval_grid(grid, out / "figures" / f"retrieval_{target}.png")))
     best = per_model["ensemble"] if "ensemble" in per_model else next(iter(per_model.values()))
-    return {"models": models, "num_query": int(len(q_rows)), "num_gallery": int(len(g_rows))}, section, best
+    return {"models": models, "num_query": len(q_rows), "num_gallery": len(g_rows)}, section, best
 
 
-def _retrieval_rows(qg: ShardIndex, q_rows: np.ndarray, g_rows: np.ndarray, dist: np.ndarray, q: Features,
-                    g: Features, cfg: EvaluateConfig) -> list[tuple[bytes, list[tuple[bytes, bool]]]]:
+def _retrieval_rows(
+    qg: ShardIndex,
+    q_rows: np.ndarray,
+    g_rows: np.ndarray,
+    dist: np.ndarray,
+    q: Features,
+    g: Features,
+    cfg: EvaluateConfig,
+) -> list[tuple[bytes, list[tuple[bytes, bool]]]]:
     opener = LocalOpener(qg.root)
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(q_rows), size=min(cfg.report.retrieval_queries, len(q_rows)), replace=False)
@@ -245,7 +322,10 @@ def _write_cmc_csv(path: Path, cmc: Any) -> None:
 
 def _summary_section(summary: dict[str, dict[str, dict[str, float]]]) -> ReportSection:
     rows = [{"dataset": t, "model": m, **vals} for t, per in summary.items() for m, vals in per.items()]
-    return ReportSection("Summary (best variant per model)", table=rows)
+    return ReportSection(
+        "Summary (final variant per model: camera+rerank > rerank > camera > plain, whichever ran)",
+        table=rows,
+    )
 
 
 def _embedding_section(parts: list[Features], cfg: EvaluateConfig, out: Path) -> ReportSection:
@@ -259,9 +339,16 @@ def _embedding_section(parts: list[Features], cfg: EvaluateConfig, out: Path) ->
         keep = np.sort(rng.choice(len(feats), cfg.report.embedding_max_points, replace=False))
         feats, domains, pids = feats[keep], domains[keep], pids[keep]
     coords = _embed_2d(feats, cfg.report.embedding, cfg.seed)
-    path = embedding_scatter(coords, list(domains), pids, out / "figures" / "embedding.png",
-                             f"{cfg.report.embedding.upper()} of query+gallery features")
-    return ReportSection("Feature embedding", images=[("2-D embedding coloured by domain and by identity", path)])
+    path = embedding_scatter(
+        coords,
+        list(domains),
+        pids,
+        out / "figures" / "embedding.png",
+        f"{cfg.report.embedding.upper()} of query+gallery features",
+    )
+    return ReportSection(
+        "Feature embedding", images=[("2-D embedding coloured by domain and by identity", path)]
+    )
 
 
 def _embed_2d(feats: np.ndarray, method: str, seed: int) -> np.ndarray:
@@ -272,4 +359,6 @@ def _embed_2d(feats: np.ndarray, method: str, seed: int) -> np.ndarray:
         return reduced[:, :2]
     from sklearn.manifold import TSNE
 
-    return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(feats) - 1) / 3)).fit_transform(reduced)
+    return TSNE(
+        n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(feats) - 1) / 3)
+    ).fit_transform(reduced)

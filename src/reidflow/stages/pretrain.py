@@ -70,7 +70,7 @@ class PretrainConfig(StrictModel):
     keep_checkpoints: bool = False
 
     @model_validator(mode="after")
-    def _validate_nested(self) -> "PretrainConfig":
+    def _validate_nested(self) -> PretrainConfig:
         ModelConfig.from_mapping({**self.model, "num_classes": 1}, where="pretrain.model")
         TransformConfig.parse(self.transforms, where="pretrain.transforms")
         return self
@@ -92,16 +92,30 @@ def _train_labels(index: ShardIndex, labels: str) -> tuple[np.ndarray, dict[str,
     return np.asarray([mapping[k] for k in keys], dtype=np.int64), mapping
 
 
-def run(cfg: PretrainConfig, sources: list[str], target: str | None, output: str | Path,
-        ctx: RunContext | None = None, resume: bool = False, hooks: tuple[Any, ...] = ()) -> Path:
+def run(
+    cfg: PretrainConfig,
+    sources: list[str],
+    target: str | None,
+    output: str | Path,
+    ctx: RunContext | None = None,
+    resume: bool = False,
+    hooks: tuple[Any, ...] = (),
+) -> Path:
     """Train and write the model artifact. Under torchrun (WORLD_SIZE > 1) every rank trains its part
     of each global batch through DDP and rank 0 alone writes the artifact."""
     with ddp.distributed_session():
         return _run(cfg, sources, target, output, ctx, resume, hooks)
 
 
-def _run(cfg: PretrainConfig, sources: list[str], target: str | None, output: str | Path,
-         ctx: RunContext | None, resume: bool, hooks: tuple[Any, ...]) -> Path:
+def _run(
+    cfg: PretrainConfig,
+    sources: list[str],
+    target: str | None,
+    output: str | Path,
+    ctx: RunContext | None,
+    resume: bool,
+    hooks: tuple[Any, ...],
+) -> Path:
     if not sources:
         raise ConfigError("pretrain: expected at least one --input source=URI (labelled shards)")
     source_inputs = [open_input(f"source{i}", uri) for i, uri in enumerate(sources)]
@@ -120,14 +134,16 @@ def _run(cfg: PretrainConfig, sources: list[str], target: str | None, output: st
     opener = LocalOpener(train.root)
     dataset = IndexedImageDataset(train, opener, tcfg.height, tcfg.width, labels=labels)
     sampler = _sampler(cfg, labels, train, dist)
-    loader = make_train_loader(dataset, sampler, num_workers=cfg.num_workers,
-                               pin_memory=_device_name(cfg.engine) == "cuda")
+    loader = make_train_loader(
+        dataset, sampler, num_workers=cfg.num_workers, pin_memory=_device_name(cfg.engine) == "cuda"
+    )
     optimizer = build_optimizer(model, cfg.optimizer)
     iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
     scheduler = build_scheduler(optimizer, cfg.scheduler, iters_per_epoch)
     target_batches = _target_batches(cfg, target_input, tcfg)
-    method = PretrainMethod(model, optimizer, scheduler, cfg.loss, num_classes, build_train_transform(tcfg),
-                            target_batches)
+    method = PretrainMethod(
+        model, optimizer, scheduler, cfg.loss, num_classes, build_train_transform(tcfg), target_batches
+    )
     ckpt_dir = _checkpoint_dir(cfg, output)
     engine = Engine(method, loader, cfg.engine, checkpoint_dir=ckpt_dir, hooks=hooks)
     result = engine.fit(resume=resume)
@@ -137,18 +153,41 @@ def _run(cfg: PretrainConfig, sources: list[str], target: str | None, output: st
     resolved = cfg.model_dump(mode="json")
     inputs: list[InputArtifact] = [*source_inputs, *([target_input] if target_input else [])]
     name = cfg.name or (model_cfg.backbone if cfg.labels == "identity" else f"camera-{model_cfg.backbone}")
-    with write_artifact(output, kind="model", stage="pretrain", params=resolved,
-                        params_digest=params_digest(resolved), seed=cfg.seed, inputs=inputs, ctx=ctx) as art:
+    with write_artifact(
+        output,
+        kind="model",
+        stage="pretrain",
+        params=resolved,
+        params_digest=params_digest(resolved),
+        seed=cfg.seed,
+        inputs=inputs,
+        ctx=ctx,
+    ) as art:
         art.device = str(engine.device)
-        save_model_artifact(art.path, model, model_cfg, height=tcfg.height, width=tcfg.width, mean=tcfg.mean,
-                            std=tcfg.std, extra={"name": name, "labels": cfg.labels,
-                                                 "label_map": label_map if cfg.labels == "camera" else None,
-                                                 "num_train_images": len(train)})
+        save_model_artifact(
+            art.path,
+            model,
+            model_cfg,
+            height=tcfg.height,
+            width=tcfg.width,
+            mean=tcfg.mean,
+            std=tcfg.std,
+            extra={
+                "name": name,
+                "labels": cfg.labels,
+                "label_map": label_map if cfg.labels == "camera" else None,
+                "num_train_images": len(train),
+            },
+        )
         _save_curve(art.path, result.history)
-        metrics: dict[str, Any] = {"train": {"iterations": result.final_iteration,
-                                             "images_per_s": round(result.samples_per_s, 2),
-                                             "wall_time_s": round(result.wall_time_s, 1),
-                                             "final": _final_losses(result.history)}}
+        metrics: dict[str, Any] = {
+            "train": {
+                "iterations": result.final_iteration,
+                "images_per_s": round(result.samples_per_s, 2),
+                "wall_time_s": round(result.wall_time_s, 1),
+                "final": _final_losses(result.history),
+            }
+        }
         if cfg.eval.enabled and cfg.labels == "identity":
             metrics["eval"] = quick_eval(model, source_dirs, target_input, tcfg, cfg, str(engine.device))
         art.metrics = metrics
@@ -161,19 +200,23 @@ def _run(cfg: PretrainConfig, sources: list[str], target: str | None, output: st
 def _sampler(cfg: PretrainConfig, labels: np.ndarray, index: ShardIndex, dist: Any) -> Any:
     P, K = cfg.sampler.P, cfg.sampler.K
     if cfg.sampler.kind == "camera":
-        return CameraAwareBatchSampler(labels, index.camids, P, K, seed=cfg.seed, rank=dist.rank,
-                                       world_size=dist.world_size)
+        return CameraAwareBatchSampler(
+            labels, index.camids, P, K, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
+        )
     return IdentityBatchSampler(labels, P, K, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
 
 
-def _target_batches(cfg: PretrainConfig, target: InputArtifact | None, tcfg: TransformConfig) -> TargetBatches | None:
+def _target_batches(
+    cfg: PretrainConfig, target: InputArtifact | None, tcfg: TransformConfig
+) -> TargetBatches | None:
     if not cfg.target_bn.enabled:
         return None
     if target is None:
         raise ConfigError("pretrain.target_bn.enabled needs --input target=URI (unlabelled target shards)")
     index = ShardIndex.load(dataset_dirs(target)).filter(split="train")
-    ds = IndexedImageDataset(index, LocalOpener(index.root), tcfg.height, tcfg.width,
-                             labels=np.zeros(len(index), dtype=np.int64))
+    ds = IndexedImageDataset(
+        index, LocalOpener(index.root), tcfg.height, tcfg.width, labels=np.zeros(len(index), dtype=np.int64)
+    )
     return TargetBatches(ds.__getitem__, len(ds), cfg.target_bn.batch_size, cfg.seed)
 
 
@@ -193,8 +236,14 @@ def _save_curve(directory: Path, history: list[dict[str, Any]]) -> None:
     keep = ("iteration", "epoch", "ce", "triplet", "acc", "lr/model")
     rows = [{k: h[k] for k in keep if k in h} for h in history]
     (directory / "training_curve.json").write_text(json.dumps(rows) + "\n")
-    curve = [{"iteration": r["iteration"], **{k: r[k] for k in ("ce", "triplet") if k in r},
-              "lr": r.get("lr/model", float("nan"))} for r in rows]
+    curve = [
+        {
+            "iteration": r["iteration"],
+            **{k: r[k] for k in ("ce", "triplet") if k in r},
+            "lr": r.get("lr/model", float("nan")),
+        }
+        for r in rows
+    ]
     training_curve(curve, directory / "training_curve.png", "training losses")
 
 
@@ -204,8 +253,14 @@ def _final_losses(history: list[dict[str, Any]], window: int = 20) -> dict[str, 
     return {k: round(float(np.mean([h[k] for h in tail])), 4) for k in keys}
 
 
-def quick_eval(model: Any, source_dirs: list[Path], target: InputArtifact | None, tcfg: TransformConfig,
-               cfg: PretrainConfig, device: str) -> dict[str, Any]:
+def quick_eval(
+    model: Any,
+    source_dirs: list[Path],
+    target: InputArtifact | None,
+    tcfg: TransformConfig,
+    cfg: PretrainConfig,
+    device: str,
+) -> dict[str, Any]:
     """mAP / rank-1 on the query/gallery split of every source (same-domain) and the target (cross-domain)."""
     from reidflow.eval.features import extract
     from reidflow.eval.scoring import headline, score_variants
@@ -220,12 +275,21 @@ def quick_eval(model: Any, source_dirs: list[Path], target: InputArtifact | None
         if not {"query", "gallery"} <= set(index.splits):
             continue
         qg = index.filter(split=["query", "gallery"])
-        feats = extract(model, qg, height=tcfg.height, width=tcfg.width, batch_size=cfg.eval.batch_size,
-                        device=device, mean=tcfg.mean, std=tcfg.std)
+        feats = extract(
+            model,
+            qg,
+            height=tcfg.height,
+            width=tcfg.width,
+            batch_size=cfg.eval.batch_size,
+            device=device,
+            mean=tcfg.mean,
+            std=tcfg.std,
+        )
         is_q = np.asarray(qg.splits) == "query"
         q, g = feats.take(np.flatnonzero(is_q)), feats.take(np.flatnonzero(~is_q))
-        variants, _ = score_variants(q.features, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=20,
-                                     rerank=None)
+        variants, _ = score_variants(
+            q.features, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=20, rerank=None
+        )
         per_dataset[ddir.name] = {**headline(variants["plain"]), "group": group}
         groups[group].append(per_dataset[ddir.name]["mAP"])
     summary = {f"{g}_mAP": round(float(np.mean(v)), 4) for g, v in groups.items() if v}

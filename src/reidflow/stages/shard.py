@@ -38,20 +38,40 @@ def dataset_source(params: dict[str, Any], name: str, source: str = "params.yaml
     return section(datasets, name, DatasetSource, source=f"{source}: datasets")
 
 
-def run(cfg: ShardConfig, dataset: str, src: DatasetSource, output: str | Path,
-        raw_uri: str | None = None, ctx: RunContext | None = None) -> Path:
+def run(
+    cfg: ShardConfig,
+    dataset: str,
+    src: DatasetSource,
+    output: str | Path,
+    raw_uri: str | None = None,
+    ctx: RunContext | None = None,
+) -> Path:
     from reidflow.data.readers import read_dataset
     from reidflow.data.shards import write_shards
 
     raw = open_input("raw", raw_uri or src.root, require_artifact=False)
     samples = read_dataset(src.reader, raw.path, domain=src.domain or dataset, **src.options)
     resolved = {"shard": cfg.model_dump(), "dataset": {"name": dataset, **src.model_dump()}}
-    with write_artifact(output, kind="shards", stage="shard", params=resolved,
-                        params_digest=params_digest(resolved), seed=None, inputs=[raw], ctx=ctx) as art:
+    with write_artifact(
+        output,
+        kind="shards",
+        stage="shard",
+        params=resolved,
+        params_digest=params_digest(resolved),
+        seed=None,
+        inputs=[raw],
+        ctx=ctx,
+    ) as art:
         with Progress(len(samples), f"shard {dataset}", unit="img") as bar:
-            result = write_shards(samples, art.path, dataset=dataset, root=raw.path,
-                                  shard_max_bytes=int(cfg.shard_max_mb * 2**20), skip_bad=cfg.skip_bad,
-                                  progress=bar.callback())
+            result = write_shards(
+                samples,
+                art.path,
+                dataset=dataset,
+                root=raw.path,
+                shard_max_bytes=int(cfg.shard_max_mb * 2**20),
+                skip_bad=cfg.skip_bad,
+                progress=bar.callback(),
+            )
         art.metrics = _card_metrics(result)
     return Path(str(output))
 
@@ -61,6 +81,10 @@ def _card_metrics(result: Any) -> dict[str, Any]:
     import json
 
     card = json.loads(Path(result.card_json).read_text())
-    return {"num_samples": result.num_samples, "num_shards": len(result.shards),
-            "converted": len(result.converted), "skipped": len(result.skipped),
-            "splits": card.get("splits", card.get("counts", {}))}
+    return {
+        "num_samples": result.num_samples,
+        "num_shards": len(result.shards),
+        "converted": len(result.converted),
+        "skipped": len(result.skipped),
+        "splits": card.get("splits", card.get("counts", {})),
+    }

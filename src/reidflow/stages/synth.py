@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 class SynthDomain(StrictModel):
     preset: str = Field(description="preset name or path to a domain-style YAML file")
-    overrides: dict[str, Any] = Field(default_factory=dict,
-                                      description="DomainSpec overrides by dotted key, e.g. style.noise_std")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="DomainSpec overrides by dotted key, e.g. style.noise_std"
+    )
 
 
 class SynthConfig(StrictModel):
@@ -67,8 +68,16 @@ def run(cfg: SynthConfig, output: str | Path, ctx: RunContext | None = None, reu
     if reuse and _current(output, digest):
         log.info("synth: %s is up to date (params %s); reusing it", output, digest[:19])
         return Path(str(output))
-    with write_artifact(output, kind="raw-dataset", stage="synth", params=resolved,
-                        params_digest=digest, seed=cfg.seed, inputs=[], ctx=ctx) as art:
+    with write_artifact(
+        output,
+        kind="raw-dataset",
+        stage="synth",
+        params=resolved,
+        params_digest=digest,
+        seed=cfg.seed,
+        inputs=[],
+        ctx=ctx,
+    ) as art:
         for spec in specs:
             with Progress(None, f"synth {spec.name}", unit="img") as bar:
                 generate_domain(spec, art.path, seed=cfg.seed, workers=cfg.workers, progress=bar.callback())
@@ -84,4 +93,7 @@ def _current(output: str | Path, digest: str) -> bool:
     if str(output).startswith("s3://") or not lineage_file.is_file():
         return False
     record = json.loads(lineage_file.read_text())
-    return record.get("params_digest") == digest and record.get("code", {}).get("version") == reidflow.__version__
+    return (
+        record.get("params_digest") == digest
+        and record.get("code", {}).get("version") == reidflow.__version__
+    )

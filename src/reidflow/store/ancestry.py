@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from reidflow.errors import ArtifactError
-from reidflow.store.artifacts import open_input, read_lineage
+from reidflow.store.artifacts import open_input
 from reidflow.store.digests import combined_digest, file_sha256, tree_digests
 from reidflow.store.lineage import LINEAGE_FILE
 from reidflow.store.uri import parse_uri
@@ -22,7 +22,7 @@ class Node:
     digest: str
     record: dict[str, Any] | None
     dvc_md5: str | None = None
-    parents: list["Node"] = field(default_factory=list)
+    parents: list[Node] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -38,7 +38,9 @@ def _resolve(uri: str, base: Path | None) -> str:
     return str(base / parsed.local_path)
 
 
-def load_tree(uri: str, name: str = "artifact", base: Path | None = None, _seen: dict[str, Node] | None = None) -> Node:
+def load_tree(
+    uri: str, name: str = "artifact", base: Path | None = None, _seen: dict[str, Node] | None = None
+) -> Node:
     """Ancestry of ``uri``; relative input URIs are resolved against ``base`` (the directory the stages ran in)."""
     seen = {} if _seen is None else _seen
     resolved = _resolve(uri, base)
@@ -67,7 +69,9 @@ def verify(uri: str, base: Path | None = None) -> list[str]:
     return checked
 
 
-def _verify(uri: str, name: str, expected: str | None, base: Path | None, checked: list[str], seen: set[str]) -> None:
+def _verify(
+    uri: str, name: str, expected: str | None, base: Path | None, checked: list[str], seen: set[str]
+) -> None:
     resolved = _resolve(uri, base)
     if resolved in seen:
         return
@@ -75,7 +79,9 @@ def _verify(uri: str, name: str, expected: str | None, base: Path | None, checke
     art = open_input(name, resolved, require_artifact=False, fresh=True)
     if art.lineage is None:
         if expected is not None and art.digest != expected:
-            raise ArtifactError(f"{uri}: raw input {name!r} changed: digest {art.digest}, lineage recorded {expected}")
+            raise ArtifactError(
+                f"{uri}: raw input {name!r} changed: digest {art.digest}, lineage recorded {expected}"
+            )
         checked.append(uri)
         return
     files = art.lineage["artifact"]["files"]
@@ -86,14 +92,20 @@ def _verify(uri: str, name: str, expected: str | None, base: Path | None, checke
         got = file_sha256(path)
         if got != digest:
             raise ArtifactError(f"{uri}: file {rel} changed: sha256 {got}, lineage recorded {digest}")
-    extra = sorted(set(tree_digests(art.path, exclude=frozenset({LINEAGE_FILE}))) - set(files)) if art.path.is_dir() else []
+    extra = (
+        sorted(set(tree_digests(art.path, exclude=frozenset({LINEAGE_FILE}))) - set(files))
+        if art.path.is_dir()
+        else []
+    )
     if extra and not parse_uri(resolved).is_s3:
         raise ArtifactError(f"{uri}: file {extra[0]} is not listed in {LINEAGE_FILE}")
     if combined_digest(files) != art.lineage["artifact"]["digest"]:
         raise ArtifactError(f"{uri}: artifact digest does not match its file list in {LINEAGE_FILE}")
     if expected is not None and art.lineage["artifact"]["digest"] != expected:
-        raise ArtifactError(f"{uri}: artifact {name!r} was replaced: digest {art.lineage['artifact']['digest']}, "
-                            f"its child recorded {expected}")
+        raise ArtifactError(
+            f"{uri}: artifact {name!r} was replaced: digest {art.lineage['artifact']['digest']}, "
+            f"its child recorded {expected}"
+        )
     checked.append(uri)
     for inp in art.lineage.get("inputs", []):
         _verify(inp["uri"], inp["name"], inp["digest"], base, checked, seen)
@@ -110,16 +122,22 @@ def render_text(node: Node, indent: str = "", last: bool = True, top: bool = Tru
         rec = node.record
         code = rec.get("code", {})
         runtime = rec.get("runtime", {})
-        details.append(f"code {code.get('version')} @ {code.get('git_commit') or 'unknown'}"
-                       + (" (dirty)" if code.get("git_dirty") else ""))
+        details.append(
+            f"code {code.get('version')} @ {code.get('git_commit') or 'unknown'}"
+            + (" (dirty)" if code.get("git_dirty") else "")
+        )
         details.append(f"params {rec.get('params_digest')}  seed {rec.get('seed')}")
-        details.append(f"ran {rec.get('started')} .. {rec.get('finished')} via {runtime.get('orchestrator')}"
-                       + (f" run {runtime['run_id']}" if runtime.get("run_id") else "")
-                       + (f" image {runtime['image']}" if runtime.get("image") else ""))
+        details.append(
+            f"ran {rec.get('started')} .. {rec.get('finished')} via {runtime.get('orchestrator')}"
+            + (f" run {runtime['run_id']}" if runtime.get("run_id") else "")
+            + (f" image {runtime['image']}" if runtime.get("image") else "")
+        )
     if node.dvc_md5:
         details.append(f"data.dvc md5 {node.dvc_md5}")
     for d in details:
-        lines.append(f"{child_indent}{'    ' if node.parents == [] else '│   '}{d}" if not top else f"    {d}")
+        lines.append(
+            f"{child_indent}{'    ' if node.parents == [] else '│   '}{d}" if not top else f"    {d}"
+        )
     for i, parent in enumerate(node.parents):
         lines += render_text(parent, child_indent, i == len(node.parents) - 1, top=False)
     return lines

@@ -74,10 +74,18 @@ def write_artifact(
     """Context manager: yields a writer; publishes the artifact atomically when the block succeeds."""
     target = parse_uri(uri)
     if target.is_s3:
-        from reidflow.store.s3_artifacts import s3_write_artifact  # noqa: PLC0415 - optional backend
+        from reidflow.store.s3_artifacts import s3_write_artifact
 
-        with s3_write_artifact(target, kind=kind, stage=stage, params=params, params_digest=params_digest,
-                               seed=seed, inputs=inputs, ctx=ctx or RunContext.from_env()) as writer:
+        with s3_write_artifact(
+            target,
+            kind=kind,
+            stage=stage,
+            params=params,
+            params_digest=params_digest,
+            seed=seed,
+            inputs=inputs,
+            ctx=ctx or RunContext.from_env(),
+        ) as writer:
             yield writer
         return
     dest = target.local_path
@@ -87,8 +95,18 @@ def write_artifact(
     started = now_iso()
     try:
         yield writer
-        finalize_directory(tmp, writer, kind=kind, stage=stage, params=params, params_digest=params_digest,
-                           seed=seed, inputs=inputs, ctx=ctx or RunContext.from_env(), started=started)
+        finalize_directory(
+            tmp,
+            writer,
+            kind=kind,
+            stage=stage,
+            params=params,
+            params_digest=params_digest,
+            seed=seed,
+            inputs=inputs,
+            ctx=ctx or RunContext.from_env(),
+            started=started,
+        )
         _replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -96,17 +114,36 @@ def write_artifact(
 
 
 def finalize_directory(
-    root: Path, writer: ArtifactWriter, *, kind: str, stage: str, params: dict[str, Any], params_digest: str,
-    seed: int | None, inputs: list[InputArtifact], ctx: RunContext, started: str,
+    root: Path,
+    writer: ArtifactWriter,
+    *,
+    kind: str,
+    stage: str,
+    params: dict[str, Any],
+    params_digest: str,
+    seed: int | None,
+    inputs: list[InputArtifact],
+    ctx: RunContext,
+    started: str,
 ) -> dict[str, Any]:
     """Write metrics.json, hash the payload and write lineage.json (last). Returns the record."""
     if writer.metrics:
         (root / METRICS_FILE).write_text(json.dumps(writer.metrics, indent=2, sort_keys=True) + "\n")
     files = tree_digests(root, exclude=frozenset({LINEAGE_FILE}))
     record = build_record(
-        kind=kind, uri=str(writer.uri), files=files, digest=combined_digest(files), stage=stage,
-        params=params, params_digest=params_digest, seed=seed, inputs=[i.ref() for i in inputs],
-        ctx=ctx, device=writer.device, started=started, metrics=writer.metrics,
+        kind=kind,
+        uri=str(writer.uri),
+        files=files,
+        digest=combined_digest(files),
+        stage=stage,
+        params=params,
+        params_digest=params_digest,
+        seed=seed,
+        inputs=[i.ref() for i in inputs],
+        ctx=ctx,
+        device=writer.device,
+        started=started,
+        metrics=writer.metrics,
     )
     (root / LINEAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     return record
@@ -136,7 +173,9 @@ def read_lineage(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{lineage_file}: not valid JSON ({exc})") from None
 
 
-def open_input(name: str, uri: str | Path, *, require_artifact: bool = True, fresh: bool = False) -> InputArtifact:
+def open_input(
+    name: str, uri: str | Path, *, require_artifact: bool = True, fresh: bool = False
+) -> InputArtifact:
     """Resolve an input URI to local files plus the digest lineage records for it.
 
     A reidflow artifact is identified by the digest in its ``lineage.json``. Raw data (a dataset
@@ -146,7 +185,7 @@ def open_input(name: str, uri: str | Path, *, require_artifact: bool = True, fre
     """
     parsed = parse_uri(uri)
     if parsed.is_s3:
-        from reidflow.store.s3_artifacts import s3_open_input  # noqa: PLC0415 - optional backend
+        from reidflow.store.s3_artifacts import s3_open_input
 
         return s3_open_input(name, parsed, fresh=fresh)
     path = parsed.local_path
@@ -156,8 +195,10 @@ def open_input(name: str, uri: str | Path, *, require_artifact: bool = True, fre
         record = read_lineage(path)
         return InputArtifact(name, str(uri), path, record["artifact"]["digest"], record)
     if require_artifact:
-        raise ArtifactError(f"input {name!r}: {path} is not a complete artifact (no {LINEAGE_FILE}); "
-                            "was the stage that writes it interrupted?")
+        raise ArtifactError(
+            f"input {name!r}: {path} is not a complete artifact (no {LINEAGE_FILE}); "
+            "was the stage that writes it interrupted?"
+        )
     files = tree_digests(path) if path.is_dir() else {path.name: tree_digests(path.parent)[path.name]}
     return InputArtifact(name, str(uri), path, combined_digest(files), None)
 

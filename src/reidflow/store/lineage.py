@@ -12,7 +12,7 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,22 @@ SCHEMA = "reidflow.lineage/1"
 LINEAGE_FILE = "lineage.json"
 METRICS_FILE = "metrics.json"
 
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access[_-]?key|private[_-]?key|session)", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
-_SIGNED_QUERY = re.compile(r"\?[^\s\"']*(X-Amz-|Signature=|AWSAccessKeyId=|sig=|token=)[^\s\"']*", re.I)
+_SECRET_KEY = re.compile(
+    r"(secret|password|passwd|token|credential|access[_-]?key|private[_-]?key|session)", re.IGNORECASE
+)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+_SIGNED_QUERY = re.compile(
+    r"\?[^\s\"']*(X-Amz-|Signature=|AWSAccessKeyId=|sig=|token=)[^\s\"']*", re.IGNORECASE
+)
 
 
 def scrub(value: Any) -> Any:
     """Remove anything that may be a credential from params, URIs and messages."""
     if isinstance(value, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else scrub(v)) for k, v in value.items()}
+        return {
+            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else scrub(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [scrub(v) for v in value]
     if isinstance(value, tuple):
@@ -56,7 +63,7 @@ class RunContext:
     image: str | None = None
 
     @classmethod
-    def from_env(cls, orchestrator: str | None = None, stage_name: str | None = None) -> "RunContext":
+    def from_env(cls, orchestrator: str | None = None, stage_name: str | None = None) -> RunContext:
         return cls(
             orchestrator=orchestrator or os.environ.get("REIDFLOW_ORCHESTRATOR", "cli"),
             run_id=os.environ.get("REIDFLOW_RUN_ID") or None,
@@ -87,7 +94,11 @@ def git_info(start: Path | None = None) -> dict[str, Any]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
         return {"git_commit": commit, "git_dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
@@ -113,7 +124,7 @@ def runtime_info(ctx: RunContext, device: str = "cpu") -> dict[str, Any]:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def build_record(

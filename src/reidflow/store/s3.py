@@ -29,7 +29,7 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _client(endpoint: str | None, region: str | None):  # noqa: ANN202 - boto3 client type is dynamic
+def _client(endpoint: str | None, region: str | None):
     import boto3
     from botocore.config import Config
 
@@ -42,17 +42,18 @@ def _client(endpoint: str | None, region: str | None):  # noqa: ANN202 - boto3 c
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
-def client():  # noqa: ANN201
+def client():
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     return _client(endpoint, region)
 
 
-def _transfer_config():  # noqa: ANN202
+def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
-                          max_concurrency=4)
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4
+    )
 
 
 def list_keys(bucket: str, prefix: str) -> Iterator[str]:
@@ -112,6 +113,8 @@ def open_stream(bucket: str, key: str) -> BinaryIO:
 
 def delete_keys(bucket: str, keys: list[str]) -> None:
     for start in range(0, len(keys), 1000):
-        batch = keys[start:start + 1000]
+        batch = keys[start : start + 1000]
         if batch:
-            client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            client().delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )

@@ -32,8 +32,17 @@ def cache_root() -> Path:
 
 
 @contextmanager
-def s3_write_artifact(target: URI, *, kind: str, stage: str, params: dict[str, Any], params_digest: str,
-                      seed: int | None, inputs: list[Any], ctx: RunContext) -> Iterator[Any]:
+def s3_write_artifact(
+    target: URI,
+    *,
+    kind: str,
+    stage: str,
+    params: dict[str, Any],
+    params_digest: str,
+    seed: int | None,
+    inputs: list[Any],
+    ctx: RunContext,
+) -> Iterator[Any]:
     from reidflow.store.artifacts import ArtifactWriter, finalize_directory
 
     bucket, prefix = s3.split_s3(target.raw)
@@ -42,9 +51,18 @@ def s3_write_artifact(target: URI, *, kind: str, stage: str, params: dict[str, A
     started = now_iso()
     try:
         yield writer
-        record = finalize_directory(tmp, writer, kind=kind, stage=stage, params=params,
-                                    params_digest=params_digest, seed=seed, inputs=inputs, ctx=ctx,
-                                    started=started)
+        record = finalize_directory(
+            tmp,
+            writer,
+            kind=kind,
+            stage=stage,
+            params=params,
+            params_digest=params_digest,
+            seed=seed,
+            inputs=inputs,
+            ctx=ctx,
+            started=started,
+        )
         publish_dir(tmp, bucket, prefix, record)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,7 @@ class URI:
     def local_path(self) -> Path:
         if self.is_s3:
             raise ConfigError(f"{self.raw}: an s3:// URI has no local path")
-        return Path(self.raw[len("file://"):] if self.raw.startswith("file://") else self.raw)
+        return Path(self.raw.removeprefix("file://"))
 
     def __str__(self) -> str:
         return self.raw
@@ -32,7 +32,9 @@ def parse_uri(raw: str | Path) -> URI:
         raise ConfigError("empty artifact URI: expected a local path or s3://bucket/prefix")
     if "://" in text and not text.startswith(("s3://", "file://")):
         scheme = text.split("://", 1)[0]
-        raise ConfigError(f"{text}: unsupported URI scheme {scheme!r} (expected a local path or s3://bucket/prefix)")
+        raise ConfigError(
+            f"{text}: unsupported URI scheme {scheme!r} (expected a local path or s3://bucket/prefix)"
+        )
     if text.startswith("s3://") and len(text[5:].split("/", 1)[0]) < 3:
         raise ConfigError(f"{text}: expected s3://BUCKET/prefix with a bucket name of at least 3 characters")
     return URI(text)

@@ -61,7 +61,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -114,6 +114,12 @@ class EngineConfig(StrictModel):
     sync_bn: bool = False
     deterministic: bool = False
     find_unused_parameters: bool = False
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``off`` as false (tools that rewrite params.yaml drop the quotes)."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _check_length(self) -> EngineConfig:

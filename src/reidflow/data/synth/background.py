@@ -30,8 +30,9 @@ def _upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     return (top * (1 - ty) + bottom * ty).astype(np.float32)
 
 
-def _wall(texture: str, base: np.ndarray, second: np.ndarray, height: int, width: int,
-          rng: np.random.Generator) -> np.ndarray:
+def _wall(
+    texture: str, base: np.ndarray, second: np.ndarray, height: int, width: int, rng: np.random.Generator
+) -> np.ndarray:
     ys = (np.arange(height, dtype=np.float32)[:, None] + 0.5) / height
     xs = np.arange(width, dtype=np.float32)[None, :] + 0.5
     if texture == "flat":

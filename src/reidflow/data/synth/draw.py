@@ -63,7 +63,9 @@ def capsule(ax: float, ay: float, bx: float, by: float, radius: float) -> Shape:
     return Shape(distance, bounds)
 
 
-def trapezoid(cx: float, top: float, bottom: float, half_top: float, half_bottom: float, corner: float = 0.0) -> Shape:
+def trapezoid(
+    cx: float, top: float, bottom: float, half_top: float, half_bottom: float, corner: float = 0.0
+) -> Shape:
     """A vertical box whose half width goes linearly from ``half_top`` to ``half_bottom``; rounded corners."""
     half_height = (bottom - top) / 2.0
     cy = (top + bottom) / 2.0
@@ -121,9 +123,9 @@ def checks(first, second, origin_x: float, origin_y: float, period: float) -> Fi
     period = max(period, 2.0)
 
     def fill(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        cell = np.floor((ys - origin_y) / period).astype(np.int64) + np.floor((xs - origin_x) / period).astype(
-            np.int64
-        )
+        cell = np.floor((ys - origin_y) / period).astype(np.int64) + np.floor(
+            (xs - origin_x) / period
+        ).astype(np.int64)
         return np.where((cell % 2 == 0)[..., None], a, b)
 
     return fill

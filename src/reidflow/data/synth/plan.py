@@ -58,11 +58,17 @@ def _identity_shots(spec: DomainSpec, seed: int, pid: int, is_train: bool) -> tu
     cameras = np.sort(rng.choice(spec.cameras, size=n_cameras, replace=False))
     shots = []
     for camera in cameras:
-        n_images = int(rng.integers(spec.images_per_identity_camera[0], spec.images_per_identity_camera[1] + 1))
+        n_images = int(
+            rng.integers(spec.images_per_identity_camera[0], spec.images_per_identity_camera[1] + 1)
+        )
         seq = int(rng.integers(1, SEQUENCES_PER_CAMERA + 1))
         frames = int(rng.integers(0, 800_000)) + np.cumsum(rng.integers(4, 60, size=n_images))
         boxes = rng.integers(1, 4, size=n_images)
-        queries = set(rng.choice(n_images, size=spec.query_per_camera, replace=False).tolist()) if not is_train else set()
+        queries = (
+            set(rng.choice(n_images, size=spec.query_per_camera, replace=False).tolist())
+            if not is_train
+            else set()
+        )
         for i in range(n_images):
             split = "train" if is_train else ("query" if i in queries else "gallery")
             shots.append(Shot(pid, int(camera), seq, int(frames[i]), int(boxes[i]), split))
@@ -79,7 +85,8 @@ def plan_domain(spec: DomainSpec, seed: int) -> list[IdentityPlan]:
     """Plans for pids 1..N in order, then one single-crop plan per distractor."""
     train = train_pids(spec, seed)
     plans = [
-        IdentityPlan(pid, pid, _identity_shots(spec, seed, pid, pid in train)) for pid in range(1, spec.identities + 1)
+        IdentityPlan(pid, pid, _identity_shots(spec, seed, pid, pid in train))
+        for pid in range(1, spec.identities + 1)
     ]
     for k in range(spec.distractors):
         rng = stream(seed, spec.name, Stream.DISTRACTOR, k)
@@ -87,7 +94,9 @@ def plan_domain(spec: DomainSpec, seed: int) -> list[IdentityPlan]:
         seq = int(rng.integers(1, SEQUENCES_PER_CAMERA + 1))
         frame = 10 * k + int(rng.integers(10))  # unique per distractor, so names never collide
         box = int(rng.integers(1, 4))
-        plans.append(IdentityPlan(DISTRACTOR_PID, k, (Shot(DISTRACTOR_PID, camera, seq, frame, box, "gallery"),)))
+        plans.append(
+            IdentityPlan(DISTRACTOR_PID, k, (Shot(DISTRACTOR_PID, camera, seq, frame, box, "gallery"),))
+        )
     return plans
 
 
@@ -96,6 +105,9 @@ def split_counts(plans: list[IdentityPlan]) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for split, folder in SPLIT_FOLDERS.items():
         shots = [shot for plan in plans for shot in plan.shots if shot.split == split]
-        counts[folder] = {"images": len(shots), "identities": len({s.pid for s in shots if s.pid != DISTRACTOR_PID})}
+        counts[folder] = {
+            "images": len(shots),
+            "identities": len({s.pid for s in shots if s.pid != DISTRACTOR_PID}),
+        }
     counts["bounding_box_test"]["distractors"] = sum(1 for plan in plans if plan.pid == DISTRACTOR_PID)
     return counts

@@ -73,18 +73,32 @@ class _Body:
     def ellipse(self, u: float, v: float, ru: float, rv: float) -> draw.Shape:
         return draw.ellipse(self.x(u, v), self.y(v), self.length(ru), self.length(rv))
 
-    def trapezoid(self, u: float, v_top: float, v_bottom: float, half_top: float, half_bottom: float,
-                  corner: float = 0.0) -> draw.Shape:
+    def trapezoid(
+        self,
+        u: float,
+        v_top: float,
+        v_bottom: float,
+        half_top: float,
+        half_bottom: float,
+        corner: float = 0.0,
+    ) -> draw.Shape:
         v_mid = (v_top + v_bottom) / 2.0
-        return draw.trapezoid(self.x(u, v_mid), self.y(v_top), self.y(v_bottom), self.length(half_top),
-                              self.length(half_bottom), self.length(corner))
+        return draw.trapezoid(
+            self.x(u, v_mid),
+            self.y(v_top),
+            self.y(v_bottom),
+            self.length(half_top),
+            self.length(half_bottom),
+            self.length(corner),
+        )
 
     def paint(self, shape: draw.Shape, fill: draw.Fill | Colour, opacity: float = 1.0) -> None:
         draw.paint(self.image, shape, fill if callable(fill) else draw.solid(fill), opacity)
 
 
-def _garment_fill(body: _Body, base: Colour, second: Colour, pattern: str, period: float,
-                  u: float, half_width: float) -> draw.Fill:
+def _garment_fill(
+    body: _Body, base: Colour, second: Colour, pattern: str, period: float, u: float, half_width: float
+) -> draw.Fill:
     """Pattern of a garment in pixel space; ``print`` is drawn separately as an emblem."""
     step = body.length(period)
     if pattern == "stripes":
@@ -122,25 +136,47 @@ def _draw_frontal(body: _Body, person: Identity, pose: Pose) -> None:
     _draw_legs_frontal(body, person, pose, hip, leg_r, swing)
     _paint_lower_garment_top(body, person, hip)
     torso = body.trapezoid(0.0, 0.165, 0.51, shoulder, hip, corner=0.035)
-    body.paint(torso, _garment_fill(body, person.upper, person.upper_second, person.upper_pattern,
-                                    person.pattern_period, 0.0, shoulder))
+    body.paint(
+        torso,
+        _garment_fill(
+            body,
+            person.upper,
+            person.upper_second,
+            person.upper_pattern,
+            person.pattern_period,
+            0.0,
+            shoulder,
+        ),
+    )
     if person.upper_pattern == "print" and not back:
         body.paint(body.ellipse(0.0, 0.3, 0.04 * build, 0.045), person.upper_second)
         body.paint(body.ellipse(0.0, 0.3, 0.018 * build, 0.02), _darker(person.upper, 0.6))
     if person.item == "backpack":
         if back:
-            body.paint(body.trapezoid(0.0, 0.19, 0.45, 0.08 * build, 0.088 * build, corner=0.03),
-                       draw.shaded(draw.solid(person.item_colour), body.x(0.0), body.length(0.09 * build)))
-            body.paint(body.trapezoid(0.0, 0.19, 0.27, 0.08 * build, 0.082 * build, corner=0.03),
-                       _darker(person.item_colour, 0.72))
+            body.paint(
+                body.trapezoid(0.0, 0.19, 0.45, 0.08 * build, 0.088 * build, corner=0.03),
+                draw.shaded(draw.solid(person.item_colour), body.x(0.0), body.length(0.09 * build)),
+            )
+            body.paint(
+                body.trapezoid(0.0, 0.19, 0.27, 0.08 * build, 0.082 * build, corner=0.03),
+                _darker(person.item_colour, 0.72),
+            )
         else:
             for side in (-1, 1):
-                body.paint(body.capsule(side * 0.06 * build, 0.17, side * 0.07 * build, 0.37, 0.012),
-                           _darker(person.item_colour, 0.9))
+                body.paint(
+                    body.capsule(side * 0.06 * build, 0.17, side * 0.07 * build, 0.37, 0.012),
+                    _darker(person.item_colour, 0.9),
+                )
     for side in (-1, 1):
         reach = swing * side * 0.015 * pose.arm_swing / 0.06
-        _draw_arm(body, person, shoulder_u=side * (shoulder - 0.018), hand_u=side * (shoulder + 0.012) + reach,
-                  hand_v=0.5, radius=arm_r)
+        _draw_arm(
+            body,
+            person,
+            shoulder_u=side * (shoulder - 0.018),
+            hand_u=side * (shoulder + 0.012) + reach,
+            hand_v=0.5,
+            radius=arm_r,
+        )
     if person.item == "bag":
         _draw_shoulder_bag(body, person, right_side * person.bag_side, shoulder, hip, strap=True)
     _draw_neck_and_head(body, person, u=0.0, view=pose.view, facing=0)
@@ -149,7 +185,9 @@ def _draw_frontal(body: _Body, person: Identity, pose: Pose) -> None:
         body.paint(body.trapezoid(0.0, 0.1, length, 0.05, 0.055 * build, corner=0.02), person.hair)
 
 
-def _draw_legs_frontal(body: _Body, person: Identity, pose: Pose, hip: float, leg_r: float, swing: float) -> None:
+def _draw_legs_frontal(
+    body: _Body, person: Identity, pose: Pose, hip: float, leg_r: float, swing: float
+) -> None:
     for side in (-1, 1):
         lift = 0.025 * max(0.0, side * swing) * pose.stride / 0.08
         hip_u = side * (hip - leg_r) * 0.92
@@ -159,21 +197,29 @@ def _draw_legs_frontal(body: _Body, person: Identity, pose: Pose, hip: float, le
         body.paint(body.ellipse(foot_u, foot_v + 0.015, 0.036, 0.02), person.shoes)
 
 
-def _draw_leg(body: _Body, person: Identity, hip_u: float, foot_u: float, foot_v: float, radius: float,
-              dim: float = 1.0) -> None:
+def _draw_leg(
+    body: _Body, person: Identity, hip_u: float, foot_u: float, foot_v: float, radius: float, dim: float = 1.0
+) -> None:
     lower = _darker(person.lower, dim)
     skin = _darker(person.skin, dim)
     if person.lower_kind == "trousers":
-        body.paint(body.capsule(hip_u, 0.5, foot_u, foot_v, radius), _leg_fill(body, person, lower, hip_u, radius))
+        body.paint(
+            body.capsule(hip_u, 0.5, foot_u, foot_v, radius), _leg_fill(body, person, lower, hip_u, radius)
+        )
         return
     body.paint(body.capsule(hip_u, 0.5, foot_u, foot_v, radius * 0.8), skin)
     if person.lower_kind == "shorts":
         knee_u, knee_v = hip_u + (foot_u - hip_u) * 0.45, 0.5 + (foot_v - 0.5) * 0.45
-        body.paint(body.capsule(hip_u, 0.5, knee_u, knee_v, radius * 1.05), _leg_fill(body, person, lower, hip_u, radius))
+        body.paint(
+            body.capsule(hip_u, 0.5, knee_u, knee_v, radius * 1.05),
+            _leg_fill(body, person, lower, hip_u, radius),
+        )
 
 
 def _leg_fill(body: _Body, person: Identity, colour: Colour, u: float, radius: float) -> draw.Fill:
-    fill = _garment_fill(body, colour, person.lower_second, person.lower_pattern, person.pattern_period, u, radius)
+    fill = _garment_fill(
+        body, colour, person.lower_second, person.lower_pattern, person.pattern_period, u, radius
+    )
     if person.lower_pattern != "print":
         return fill
     # "print" on trousers: a side stripe down each leg
@@ -190,12 +236,23 @@ def _paint_lower_garment_top(body: _Body, person: Identity, hip: float) -> None:
     else:
         shape = body.trapezoid(0.0, 0.46, 0.58, hip, hip * 0.95, corner=0.02)
         bottom = hip
-    body.paint(shape, _garment_fill(body, person.lower, person.lower_second, person.lower_pattern,
-                                    person.pattern_period, 0.0, bottom))
+    body.paint(
+        shape,
+        _garment_fill(
+            body, person.lower, person.lower_second, person.lower_pattern, person.pattern_period, 0.0, bottom
+        ),
+    )
 
 
-def _draw_arm(body: _Body, person: Identity, shoulder_u: float, hand_u: float, hand_v: float, radius: float,
-              dim: float = 1.0) -> None:
+def _draw_arm(
+    body: _Body,
+    person: Identity,
+    shoulder_u: float,
+    hand_u: float,
+    hand_v: float,
+    radius: float,
+    dim: float = 1.0,
+) -> None:
     skin, sleeve = _darker(person.skin, dim), _darker(person.upper, dim)
     shoulder_v = 0.195
     body.paint(body.capsule(shoulder_u, shoulder_v, hand_u, hand_v - 0.02, radius * 0.85), skin)
@@ -208,14 +265,20 @@ def _draw_arm(body: _Body, person: Identity, shoulder_u: float, hand_u: float, h
     body.paint(body.ellipse(hand_u, hand_v, radius * 0.95, radius * 1.1), skin)
 
 
-def _draw_shoulder_bag(body: _Body, person: Identity, side: int, shoulder: float, hip: float, strap: bool) -> None:
+def _draw_shoulder_bag(
+    body: _Body, person: Identity, side: int, shoulder: float, hip: float, strap: bool
+) -> None:
     """A cross-body bag hanging on image side ``side`` (+1 right)."""
     bag_u = side * (hip + 0.045)
     if strap:
-        body.paint(body.capsule(-side * shoulder * 0.6, 0.18, bag_u - side * 0.02, 0.46, 0.009),
-                   _darker(person.item_colour, 0.8))
-    body.paint(body.trapezoid(bag_u, 0.44, 0.57, 0.045, 0.05, corner=0.015),
-               draw.shaded(draw.solid(person.item_colour), body.x(bag_u), body.length(0.05), 0.25))
+        body.paint(
+            body.capsule(-side * shoulder * 0.6, 0.18, bag_u - side * 0.02, 0.46, 0.009),
+            _darker(person.item_colour, 0.8),
+        )
+    body.paint(
+        body.trapezoid(bag_u, 0.44, 0.57, 0.045, 0.05, corner=0.015),
+        draw.shaded(draw.solid(person.item_colour), body.x(bag_u), body.length(0.05), 0.25),
+    )
 
 
 def _hair_behind_head(body: _Body, person: Identity, u: float) -> None:
@@ -247,23 +310,30 @@ def _draw_neck_and_head(body: _Body, person: Identity, u: float, view: View, fac
     _draw_hat(body, person, head_u, hv, rx, ry, view, facing)
 
 
-def _draw_hat(body: _Body, person: Identity, head_u: float, hv: float, rx: float, ry: float,
-              view: View, facing: int) -> None:
+def _draw_hat(
+    body: _Body, person: Identity, head_u: float, hv: float, rx: float, ry: float, view: View, facing: int
+) -> None:
     if person.hat == "none":
         return
     if person.hat == "beanie":
-        crown = body.ellipse(head_u, hv - 0.008, rx + 0.008, ry + 0.01).clipped(draw.above(body.y(hv - 0.008)))
+        crown = body.ellipse(head_u, hv - 0.008, rx + 0.008, ry + 0.01).clipped(
+            draw.above(body.y(hv - 0.008))
+        )
         body.paint(crown, person.hat_colour)
-        body.paint(body.trapezoid(head_u, hv - 0.018, hv - 0.004, rx + 0.007, rx + 0.007, corner=0.004),
-                   _darker(person.hat_colour, 0.8))
+        body.paint(
+            body.trapezoid(head_u, hv - 0.018, hv - 0.004, rx + 0.007, rx + 0.007, corner=0.004),
+            _darker(person.hat_colour, 0.8),
+        )
         return
     crown = body.ellipse(head_u, hv - 0.01, rx + 0.006, ry + 0.004).clipped(draw.above(body.y(hv - 0.018)))
     body.paint(crown, person.hat_colour)
     if view == "front":
         body.paint(body.ellipse(head_u, hv - 0.02, rx + 0.012, 0.009), _darker(person.hat_colour, 0.75))
     elif view == "side":
-        body.paint(body.ellipse(head_u + facing * (rx + 0.015), hv - 0.022, 0.035, 0.008),
-                   _darker(person.hat_colour, 0.75))
+        body.paint(
+            body.ellipse(head_u + facing * (rx + 0.015), hv - 0.022, 0.035, 0.008),
+            _darker(person.hat_colour, 0.75),
+        )
 
 
 # ---------------------------------------------------------------- side
@@ -284,8 +354,10 @@ def _draw_side(body: _Body, person: Identity, pose: Pose) -> None:
     # far limbs, dimmed
     _draw_arm(body, person, shoulder_u=0.0, hand_u=-arm, hand_v=0.49, radius=arm_r, dim=0.78)
     _draw_leg(body, person, 0.0, -stride, 0.955 - 0.02 * max(0.0, -swing), leg_r, dim=0.8)
-    body.paint(body.ellipse(-stride + d * 0.02, 0.97 - 0.02 * max(0.0, -swing), 0.052, 0.02),
-               _darker(person.shoes, 0.8))
+    body.paint(
+        body.ellipse(-stride + d * 0.02, 0.97 - 0.02 * max(0.0, -swing), 0.052, 0.02),
+        _darker(person.shoes, 0.8),
+    )
     _draw_leg(body, person, 0.0, stride, 0.955 - 0.02 * max(0.0, swing), leg_r)
     body.paint(body.ellipse(stride + d * 0.02, 0.97 - 0.02 * max(0.0, swing), 0.052, 0.02), person.shoes)
     if person.lower_kind == "skirt":
@@ -296,8 +368,12 @@ def _draw_side(body: _Body, person: Identity, pose: Pose) -> None:
         pack_u = -d * (depth + 0.03)
         body.paint(body.trapezoid(pack_u, 0.2, 0.44, 0.04, 0.045, corner=0.02), person.item_colour)
     torso = body.trapezoid(0.0, 0.165, 0.51, depth, depth * 0.95, corner=0.035)
-    body.paint(torso, _garment_fill(body, person.upper, person.upper_second, person.upper_pattern,
-                                    person.pattern_period, 0.0, depth))
+    body.paint(
+        torso,
+        _garment_fill(
+            body, person.upper, person.upper_second, person.upper_pattern, person.pattern_period, 0.0, depth
+        ),
+    )
     if person.item == "backpack":
         body.paint(body.capsule(d * 0.015, 0.17, d * 0.02, 0.35, 0.01), _darker(person.item_colour, 0.85))
     _draw_arm(body, person, shoulder_u=0.0, hand_u=arm, hand_v=0.5, radius=arm_r)

@@ -46,8 +46,14 @@ def build_cameras(spec: DomainSpec, seed: int) -> list[Camera]:
         # a fixed camera sees people walk mostly one way: bias the viewpoint mix per camera
         weights = base_weights * rng.uniform(0.4, 1.6, size=3)
         noise_bank = rng.standard_normal((2 * spec.image.height, 2 * spec.image.width, 3), dtype=np.float32)
-        cameras.append(Camera(look=look, backdrop=backdrop, view_cumulative=np.cumsum(weights / weights.sum()),
-                              noise_bank=noise_bank))
+        cameras.append(
+            Camera(
+                look=look,
+                backdrop=backdrop,
+                view_cumulative=np.cumsum(weights / weights.sum()),
+                noise_bank=noise_bank,
+            )
+        )
     return cameras
 
 
@@ -64,8 +70,9 @@ def sample_pose(rng: np.random.Generator, view_cumulative: np.ndarray, jitter: f
     )
 
 
-def sample_placement(rng: np.random.Generator, person: Identity, height: int, width: int,
-                     misalignment: float) -> Placement:
+def sample_placement(
+    rng: np.random.Generator, person: Identity, height: int, width: int, misalignment: float
+) -> Placement:
     """A detector's box is never exact: shift and scale the body inside the crop."""
     scale = 1.0 + misalignment * float(rng.uniform(-1.0, 1.0))
     return Placement(
@@ -82,8 +89,11 @@ def _draw_occluder(image: np.ndarray, rng: np.random.Generator, backdrop: np.nda
         x = width * float(rng.uniform(0.1, 0.9))
         radius = width * float(rng.uniform(0.03, 0.08))
         colour = np.clip(backdrop[int(rng.integers(height)), int(rng.integers(width))] * 0.6 + 0.15, 0, 1)
-        draw.paint(image, draw.box(x - radius, -2.0, x + radius, height + 2.0),
-                   draw.shaded(draw.solid(colour), x, radius, 0.45))
+        draw.paint(
+            image,
+            draw.box(x - radius, -2.0, x + radius, height + 2.0),
+            draw.shaded(draw.solid(colour), x, radius, 0.45),
+        )
     elif kind == 1:  # a barrier, a bench, a car bonnet
         top = height * float(rng.uniform(0.55, 0.8))
         span = width * float(rng.uniform(0.45, 1.1))
@@ -95,8 +105,11 @@ def _draw_occluder(image: np.ndarray, rng: np.random.Generator, backdrop: np.nda
         other = sample_identity(rng)
         side = -1 if rng.random() < 0.5 else 1
         centre = width * (0.5 + side * float(rng.uniform(0.55, 0.75)))
-        placement = Placement(centre_x=centre, feet_y=height * float(rng.uniform(0.98, 1.1)),
-                              height=height * float(rng.uniform(0.9, 1.05)))
+        placement = Placement(
+            centre_x=centre,
+            feet_y=height * float(rng.uniform(0.98, 1.1)),
+            height=height * float(rng.uniform(0.9, 1.05)),
+        )
         draw_person(image, other, sample_pose(rng, PASSER_BY_VIEWS, jitter), placement)
 
 

@@ -51,7 +51,9 @@ class ImageSize(_Strict):
     @model_validator(mode="after")
     def _portrait(self) -> ImageSize:
         if self.width > self.height:
-            raise ValueError(f"image: a pedestrian crop is portrait, got width {self.width} > height {self.height}")
+            raise ValueError(
+                f"image: a pedestrian crop is portrait, got width {self.width} > height {self.height}"
+            )
         return self
 
 

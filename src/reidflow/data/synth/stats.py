@@ -19,8 +19,11 @@ def domain_images(domain_root: str | Path) -> list[Path]:
     folders = [root / folder for folder in SPLIT_FOLDERS.values()]
     missing = [folder.name for folder in folders if not folder.is_dir()]
     if missing:
-        raise DatasetLayoutError(root, "Market-1501 folders bounding_box_train/, query/, bounding_box_test/",
-                                 found=f"missing {missing}")
+        raise DatasetLayoutError(
+            root,
+            "Market-1501 folders bounding_box_train/, query/, bounding_box_test/",
+            found=f"missing {missing}",
+        )
     images = [path for folder in folders for path in sorted(folder.glob("*.jpg"))]
     if not images:
         raise DatasetLayoutError(root, "at least one .jpg crop in the split folders", found="none")
@@ -68,11 +71,14 @@ def colour_stats(domain_root: str | Path, max_images: int = 600) -> dict[str, An
     }
 
 
-def contact_sheet(domain_root: str | Path, out_png: str | Path, count: int = 24, columns: int = 8,
-                  scale: int = 1) -> Path:
+def contact_sheet(
+    domain_root: str | Path, out_png: str | Path, count: int = 24, columns: int = 8, scale: int = 1
+) -> Path:
     """A grid of ``count`` crops spread over the domain, saved as a PNG (for eyes and docs)."""
     if count < 1 or columns < 1 or scale < 1:
-        raise ConfigError(f"contact_sheet: count, columns and scale must be >= 1, got {count}, {columns}, {scale}")
+        raise ConfigError(
+            f"contact_sheet: count, columns and scale must be >= 1, got {count}, {columns}, {scale}"
+        )
     crops = [_load_rgb(path) for path in _evenly_spaced(domain_images(domain_root), count)]
     height = max(crop.shape[0] for crop in crops)
     width = max(crop.shape[1] for crop in crops)

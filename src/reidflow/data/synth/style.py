@@ -28,8 +28,9 @@ class CameraLook:
     jpeg_quality: int
 
 
-def colour_transform(gain, hue_degrees: float, saturation: float, contrast: float,
-                     brightness: float) -> tuple[np.ndarray, np.ndarray]:
+def colour_transform(
+    gain, hue_degrees: float, saturation: float, contrast: float, brightness: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Matrix and offset of: per-channel gain, hue rotation about the grey axis, saturation (blend
     with luma), contrast about mid-grey 0.5, brightness (exposure multiplier)."""
     gain_matrix = np.diag(np.asarray(gain, dtype=np.float64))
@@ -91,8 +92,9 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def apply_look(image: np.ndarray, look: CameraLook, noise: np.ndarray | None = None,
-               illumination: float = 1.0) -> np.ndarray:
+def apply_look(
+    image: np.ndarray, look: CameraLook, noise: np.ndarray | None = None, illumination: float = 1.0
+) -> np.ndarray:
     """Scene radiance (H, W, 3 float32 in [0, 1]) -> the camera's uint8 picture.
 
     ``noise`` is unit-variance sensor noise of the image's shape, scaled here by ``look.noise_std``.
@@ -112,6 +114,7 @@ def apply_look(image: np.ndarray, look: CameraLook, noise: np.ndarray | None = N
 def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     """Baseline JPEG with fixed options (4:2:0, no optimisation, no metadata): same pixels, same bytes."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=int(quality), subsampling=2,
-                                              optimize=False, progressive=False)
+    Image.fromarray(pixels).save(
+        buffer, format="JPEG", quality=int(quality), subsampling=2, optimize=False, progressive=False
+    )
     return buffer.getvalue()

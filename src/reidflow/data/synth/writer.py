@@ -45,8 +45,12 @@ def _render_plans(spec_json: str, seed: int, plans: Sequence[IdentityPlan], root
     written = 0
     for plan in plans:
         distractor = plan.pid == DISTRACTOR_PID
-        looks = stream(seed, spec.name, Stream.DISTRACTOR_IDENTITY if distractor else Stream.IDENTITY, plan.index)
-        render_rng = stream(seed, spec.name, Stream.DISTRACTOR_RENDER if distractor else Stream.RENDER, plan.index)
+        looks = stream(
+            seed, spec.name, Stream.DISTRACTOR_IDENTITY if distractor else Stream.IDENTITY, plan.index
+        )
+        render_rng = stream(
+            seed, spec.name, Stream.DISTRACTOR_RENDER if distractor else Stream.RENDER, plan.index
+        )
         person = sample_identity(looks)
         for shot in plan.shots:
             data = render_jpeg(person, cameras[shot.camera], spec, render_rng)
@@ -98,7 +102,9 @@ def _render_jobs(jobs: list[_Job], seed: int, workers: int, progress: Callable[[
     # spawn, not fork: the caller may hold threads (a progress bar, torch) that fork would copy mid-lock
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_render_plans, spec_json, seed, plans, root) for spec_json, plans, root in tasks]
+        futures = [
+            pool.submit(_render_plans, spec_json, seed, plans, root) for spec_json, plans, root in tasks
+        ]
         for future in as_completed(futures):
             progress(future.result())
 
@@ -123,14 +129,23 @@ def _prepare_output(out_root: Path, specs: list[DomainSpec], overwrite: bool) ->
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ArtifactError(f"{out_root}: cannot create the output folder ({error.strerror or error})") from None
+        raise ArtifactError(
+            f"{out_root}: cannot create the output folder ({error.strerror or error})"
+        ) from None
     for spec in specs:
         if (out_root / spec.name).exists() and not overwrite:
             raise _existing_domain_error(out_root / spec.name)
 
 
-def generate_domain(spec: DomainSpec, out_root: str | Path, seed: int, workers: int = 1,
-                    progress: Progress | None = None, *, overwrite: bool = False) -> Path:
+def generate_domain(
+    spec: DomainSpec,
+    out_root: str | Path,
+    seed: int,
+    workers: int = 1,
+    progress: Progress | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write ``<out_root>/<spec.name>/`` in the Market-1501 layout and return that path.
 
     ``progress(n_done, n_total)`` is called as crops are written. The same (spec, seed) gives the
@@ -139,8 +154,15 @@ def generate_domain(spec: DomainSpec, out_root: str | Path, seed: int, workers: 
     return generate([spec], out_root, seed, workers, progress, overwrite=overwrite)[0]
 
 
-def generate(specs: Sequence[DomainSpec], out_root: str | Path, seed: int, workers: int = 1,
-             progress: Progress | None = None, *, overwrite: bool = False) -> list[Path]:
+def generate(
+    specs: Sequence[DomainSpec],
+    out_root: str | Path,
+    seed: int,
+    workers: int = 1,
+    progress: Progress | None = None,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
     """Generate several domains (names must differ) with one seed and one pool of workers.
 
     Each domain is rendered into ``<out_root>/<name>.tmp-*`` and renamed to ``<name>`` once all
