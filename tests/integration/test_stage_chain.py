@@ -159,3 +159,22 @@ def test_bad_input_errors_are_clear(chain):
     )
     assert bad.returncode == 2 and "unknown input name" in bad.stderr
     assert not (chain / "x").exists()
+
+
+def test_multi_split_protocol_records_splits_and_reports_mean_std(chain):
+    reidflow(
+        "evaluate", "--output", "artifacts/evaluate_splits",
+        *[a for b in BACKBONES for a in ("--input", f"model=artifacts/models/{b}")],
+        "--input", "eval=artifacts/shards/target_city", "--input", "eval=artifacts/shards/mall_warm",
+        "--set", "evaluate.protocols={target_city: ilids, mall_warm: ilids}", "--set", "evaluate.num_splits=3",
+        "--set", "evaluate.camera.enabled=false", "--set", "evaluate.report.embedding=none", cwd=chain,
+    )  # fmt: skip
+    out = chain / "artifacts/evaluate_splits"
+    metrics = json.loads((out / "metrics.json").read_text())
+    target = metrics["targets"]["target_city"]
+    assert target["protocol"] == "ilids" and target["num_splits"] == 3
+    assert 0 <= target["models"]["ensemble"]["std"]["mAP"] <= 1
+    splits = json.loads((out / "splits/target_city.json").read_text())
+    assert len(splits) == 3 and all(len(s["query"]) == len(s["query_keys"]) for s in splits)
+    assert set(metrics["average_over_targets"]) == {*BACKBONES, "ensemble"}
+    assert "mAP std" in (out / "report.md").read_text()
