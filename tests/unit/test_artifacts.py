@@ -148,3 +148,23 @@ def test_metrics_port_serves_prometheus_text():
     m.observe_step(losses={"ce": 1.5}, lrs={"model": 0.1}, seconds=0.3, samples=32)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "reidflow_samples_processed_total 32.0" in text and 'reidflow_loss{term="ce"} 1.5' in text
+
+
+def test_shared_ancestors_are_rendered_once_and_started_is_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = make_artifact(Path("a"), {"x": b"1"}, stage="shard")
+    parent = open_input("s", a)
+    with write_artifact(
+        Path("b"),
+        kind="t",
+        stage="train",
+        params={},
+        params_digest="d",
+        seed=0,
+        inputs=[parent, open_input("t", a)],
+        started="2020-01-01T00:00:00+00:00",
+    ) as art:
+        (art.path / "w").write_bytes(b"w")
+    text = render_text(load_tree("b"))
+    assert sum("shard [test] a" in line for line in text) == 2 and text[-1].endswith("(shown above)")
+    assert json.loads(Path("b/lineage.json").read_text())["started"] == "2020-01-01T00:00:00+00:00"

@@ -23,7 +23,6 @@ different neighbour sets than the dense version's (unstable) argsort.
 from __future__ import annotations
 
 import logging
-
 from itertools import pairwise
 from typing import Any
 

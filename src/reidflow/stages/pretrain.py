@@ -27,7 +27,7 @@ from reidflow.models.artifact import save_model_artifact
 from reidflow.models.reid_model import ModelConfig, build_reid_model
 from reidflow.stages.evaluate import dataset_dirs
 from reidflow.store.artifacts import InputArtifact, open_input, write_artifact
-from reidflow.store.lineage import RunContext
+from reidflow.store.lineage import RunContext, now_iso
 from reidflow.train import distributed as ddp
 from reidflow.train.engine import Engine, EngineConfig
 from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
@@ -103,8 +103,9 @@ def run(
 ) -> Path:
     """Train and write the model artifact. Under torchrun (WORLD_SIZE > 1) every rank trains its part
     of each global batch through DDP and rank 0 alone writes the artifact."""
+    started = now_iso()
     with ddp.distributed_session():
-        return _run(cfg, sources, target, output, ctx, resume, hooks)
+        return _run(cfg, sources, target, output, ctx, resume, hooks, started)
 
 
 def _run(
@@ -115,6 +116,7 @@ def _run(
     ctx: RunContext | None,
     resume: bool,
     hooks: tuple[Any, ...],
+    started: str,
 ) -> Path:
     if not sources:
         raise ConfigError("pretrain: expected at least one --input source=URI (labelled shards)")
@@ -162,6 +164,7 @@ def _run(
         seed=cfg.seed,
         inputs=inputs,
         ctx=ctx,
+        started=started,
     ) as art:
         art.device = str(engine.device)
         save_model_artifact(

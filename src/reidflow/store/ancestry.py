@@ -113,19 +113,33 @@ def _verify(
             _verify(inp["within"], "written by", inp.get("within_digest"), base, checked, seen)
 
 
-def render_text(node: Node, indent: str = "", last: bool = True, top: bool = True) -> list[str]:
+def render_text(node: Node) -> list[str]:
+    """The ancestry as a tree; an artifact reached a second time (a shared parent) is named, not repeated."""
+    return _render(node, "", True, True, set())
+
+
+def _render(node: Node, indent: str, last: bool, top: bool, shown: set[int]) -> list[str]:
     branch = "" if top else ("└── " if last else "├── ")
+    if id(node) in shown:
+        return [f"{indent}{branch}{node.name}: {node.label} (shown above)"]
+    shown.add(id(node))
     lines = [f"{indent}{branch}{node.name}: {node.label}"]
     child_indent = indent + ("" if top else ("    " if last else "│   "))
+    detail_indent = "    " if top else child_indent + ("│   " if node.parents else "    ")
+    lines += [detail_indent + d for d in _details(node)]
+    for i, parent in enumerate(node.parents):
+        lines += _render(parent, child_indent, i == len(node.parents) - 1, False, shown)
+    return lines
+
+
+def _details(node: Node) -> list[str]:
     details = [f"digest {node.digest}"]
     if node.record:
         rec = node.record
         code = rec.get("code", {})
         runtime = rec.get("runtime", {})
-        details.append(
-            f"code {code.get('version')} @ {code.get('git_commit') or 'unknown'}"
-            + (" (dirty)" if code.get("git_dirty") else "")
-        )
+        dirty = " (dirty)" if code.get("git_dirty") else ""
+        details.append(f"code {code.get('version')} @ {code.get('git_commit') or 'unknown'}{dirty}")
         details.append(f"params {rec.get('params_digest')}  seed {rec.get('seed')}")
         details.append(
             f"ran {rec.get('started')} .. {rec.get('finished')} via {runtime.get('orchestrator')}"
@@ -134,13 +148,7 @@ def render_text(node: Node, indent: str = "", last: bool = True, top: bool = Tru
         )
     if node.dvc_md5:
         details.append(f"data.dvc md5 {node.dvc_md5}")
-    for d in details:
-        lines.append(
-            f"{child_indent}{'    ' if node.parents == [] else '│   '}{d}" if not top else f"    {d}"
-        )
-    for i, parent in enumerate(node.parents):
-        lines += render_text(parent, child_indent, i == len(node.parents) - 1, top=False)
-    return lines
+    return details
 
 
 def render_graph(node: Node, fmt: str) -> str:

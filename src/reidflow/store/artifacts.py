@@ -70,8 +70,13 @@ def write_artifact(
     seed: int | None,
     inputs: list[InputArtifact],
     ctx: RunContext | None = None,
+    started: str | None = None,
 ) -> Iterator[ArtifactWriter]:
-    """Context manager: yields a writer; publishes the artifact atomically when the block succeeds."""
+    """Context manager: yields a writer; publishes the artifact atomically when the block succeeds.
+
+    ``started``: when the stage began (ISO time), if that was before the artifact was opened (e.g.
+    a training stage opens its artifact only after training); default now.
+    """
     target = parse_uri(uri)
     if target.is_s3:
         from reidflow.store.s3_artifacts import s3_write_artifact
@@ -85,6 +90,7 @@ def write_artifact(
             seed=seed,
             inputs=inputs,
             ctx=ctx or RunContext.from_env(),
+            started=started,
         ) as writer:
             yield writer
         return
@@ -92,7 +98,7 @@ def write_artifact(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     writer = ArtifactWriter(path=tmp, uri=target)
-    started = now_iso()
+    started = started or now_iso()
     try:
         yield writer
         finalize_directory(

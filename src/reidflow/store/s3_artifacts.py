@@ -42,13 +42,14 @@ def s3_write_artifact(
     seed: int | None,
     inputs: list[Any],
     ctx: RunContext,
+    started: str | None = None,
 ) -> Iterator[Any]:
     from reidflow.store.artifacts import ArtifactWriter, finalize_directory
 
     bucket, prefix = s3.split_s3(target.raw)
     tmp = Path(tempfile.mkdtemp(prefix="reidflow-s3-out-"))
     writer = ArtifactWriter(path=tmp, uri=target)
-    started = now_iso()
+    started = started or now_iso()
     try:
         yield writer
         record = finalize_directory(

@@ -48,18 +48,13 @@ Optional
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import os
-import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
@@ -68,26 +63,32 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from reidflow.config import StrictModel
-from reidflow.errors import ConfigError, DataError, ReidflowError
+from reidflow.errors import ConfigError, DataError
 from reidflow.train import checkpoint as ckpt_io
 from reidflow.train import distributed as ddp
+from reidflow.train.context import StepContext, TrainingDiverged
 from reidflow.train.hooks import Hook, LoggingHook, MetricsHistoryHook, ProgressHook, RunInfo, StepInfo
+from reidflow.train.runtime import (
+    batch_size_of,
+    configure_determinism,
+    derive_seed,
+    move_to_device,
+    resolve_amp,
+    resolve_device,
+    seed_everything,
+)
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "Method",
+    "StepContext",
+    "TrainResult",
+    "TrainingDiverged",
+    "seed_everything",
+]
 
 log = logging.getLogger("reidflow.train")
-
-
-class TrainingDiverged(ReidflowError):
-    """A loss or gradient became NaN/Inf; training stopped before applying it."""
-
-    def __init__(self, iteration: int, what: str, value: float, last_checkpoint: Path | None) -> None:
-        self.iteration = iteration
-        self.what = what
-        self.value = value
-        self.last_checkpoint = last_checkpoint
-        kept = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
-        super().__init__(
-            f"training diverged at iteration {iteration}: {what} is {value} ({kept}, left intact)"
-        )
 
 
 class EngineConfig(StrictModel):
@@ -166,259 +167,6 @@ class TrainResult:
     checkpoint: Path | None
     resumed_from: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# small pure helpers
-
-
-def derive_seed(seed: int, rank: int) -> int:
-    """``seed`` on rank 0; an independent stream per other rank."""
-    if rank == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    if choice == "cpu":
-        return torch.device("cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "engine.device='cuda' but CUDA is not available on this machine; use 'auto' or 'cpu'"
-        )
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
-    if choice == "off":
-        return None
-    if device.type == "cpu":
-        if choice == "fp16":
-            raise ConfigError("engine.amp='fp16' needs CUDA; use 'bf16' (or 'off') on CPU")
-        return torch.bfloat16 if choice == "bf16" else None
-    bf16_ok = torch.cuda.is_bf16_supported()
-    if choice == "bf16" and not bf16_ok:
-        raise ConfigError(
-            f"engine.amp='bf16' but {torch.cuda.get_device_name(device)} has no bf16 support; use fp16"
-        )
-    if choice == "auto":
-        return torch.bfloat16 if bf16_ok else torch.float16
-    return torch.bfloat16 if choice == "bf16" else torch.float16
-
-
-def configure_determinism(deterministic: bool, device: torch.device) -> None:
-    if deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True)
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors in (nested) dicts/lists/tuples to ``device``; pinned tensors copy asynchronously."""
-    if isinstance(batch, Tensor):
-        if batch.device == device:
-            return batch
-        return batch.to(device, non_blocking=device.type == "cuda" and batch.is_pinned())
-    if isinstance(batch, Mapping):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
-
-
-def batch_size_of(batch: Any) -> int:
-    """Leading dimension of the first tensor found in the batch (0 when there is none)."""
-    if isinstance(batch, Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    values = (
-        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else []
-    )
-    for value in values:
-        size = batch_size_of(value)
-        if size:
-            return size
-    return 0
-
-
-def _params_of(optimizer: Optimizer) -> list[Tensor]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def _total_loss(loss: Tensor | Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    if isinstance(loss, Tensor):
-        return loss, {}
-    if not isinstance(loss, Mapping) or not loss:
-        raise ConfigError(
-            f"backward_and_step: loss must be a tensor or a non-empty dict of tensors, got {loss!r}"
-        )
-    terms = dict(loss)
-    total = sum(terms.values())
-    assert isinstance(total, Tensor)
-    return total, terms
-
-
-# ---------------------------------------------------------------------------------------------
-# the context a method's step() sees
-
-
-class StepContext:
-    """The engine's services for one method; the same object is passed to every ``step()``."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.iteration = 0  # 0-based index of the current step (= iterations completed before it)
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.grad_norms: dict[str, float] = {}
-
-    # -- facts
-    @property
-    def device(self) -> torch.device:
-        return self._engine.device
-
-    @property
-    def rank(self) -> int:
-        return self._engine.dist.rank
-
-    @property
-    def world_size(self) -> int:
-        return self._engine.dist.world_size
-
-    @property
-    def is_main(self) -> bool:
-        return self._engine.dist.is_main
-
-    @property
-    def iters_per_epoch(self) -> int:
-        return self._engine.iters_per_epoch
-
-    @property
-    def max_iters(self) -> int:
-        return self._engine.max_iters
-
-    @property
-    def amp_dtype(self) -> torch.dtype | None:
-        return self._engine.amp_dtype
-
-    # -- modules
-    def module(self, name: str) -> nn.Module:
-        """The module to call in forward: the DDP wrapper when distributed and trainable."""
-        return self._lookup(self._engine.wrapped, name, "module")
-
-    def unwrap(self, name: str) -> nn.Module:
-        """The raw module (never a DDP wrapper)."""
-        return self._lookup(self._engine.raw_modules, name, "module")
-
-    def optimizer(self, name: str) -> Optimizer:
-        return self._lookup(self._engine.optimizers, name, "optimizer")
-
-    @staticmethod
-    def _lookup(table: Mapping[str, Any], name: str, kind: str) -> Any:
-        try:
-            return table[name]
-        except KeyError:
-            raise ConfigError(
-                f"step context: no {kind} named {name!r}; the method declares {sorted(table)}"
-            ) from None
-
-    def refresh(self) -> None:
-        """Re-read ``modules()/optimizers()/schedulers()`` after the method replaced some."""
-        self._engine.bind()
-
-    # -- numerics
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision for the forward pass (no-op when AMP is off)."""
-        dtype = self._engine.amp_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def all_reduce_mean(self, value: Tensor) -> Tensor:
-        return ddp.all_reduce_mean(value)
-
-    def backward_and_step(
-        self,
-        loss: Tensor | Mapping[str, Tensor],
-        optimizer: str,
-        params: Sequence[Tensor] | None = None,
-        retain_graph: bool = False,
-        sync_grads: bool = False,
-    ) -> None:
-        """Backward, guard, clip, step and zero one optimizer (see the module docstring)."""
-        opt = self.optimizer(optimizer)
-        engine = self._engine
-        total, terms = _total_loss(loss)
-        self._check_loss(total, terms, optimizer)
-        opt.zero_grad(set_to_none=True)
-        scaler = engine.scaler
-        to_backward = scaler.scale(total) if scaler is not None else total
-        to_backward.backward(retain_graph=retain_graph, inputs=list(params) if params is not None else None)
-        stepped = [p for p in _params_of(opt) if p.grad is not None]
-        if sync_grads:
-            ddp.all_reduce_grads_mean(stepped)
-        if scaler is not None:
-            scaler.unscale_(opt)
-        norm = self._grad_norm_and_clip(stepped)
-        self.grad_norms[optimizer] = norm
-        if not math.isfinite(norm) and scaler is None:
-            raise TrainingDiverged(
-                self.iteration, f"the gradient norm of optimizer {optimizer!r}", norm, engine.last_checkpoint
-            )
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def _check_loss(self, total: Tensor, terms: Mapping[str, Tensor], optimizer: str) -> None:
-        if total.numel() != 1:
-            raise ConfigError(
-                f"backward_and_step({optimizer!r}): loss must be a scalar, got shape {tuple(total.shape)}"
-            )
-        value = float(total.detach())
-        if math.isfinite(value):
-            return
-        for name, term in terms.items():
-            term_value = float(term.detach().float().sum())
-            if not math.isfinite(term_value):
-                raise TrainingDiverged(
-                    self.iteration,
-                    f"loss term {name!r} (optimizer {optimizer!r})",
-                    term_value,
-                    self._engine.last_checkpoint,
-                )
-        raise TrainingDiverged(
-            self.iteration, f"the loss of optimizer {optimizer!r}", value, self._engine.last_checkpoint
-        )
-
-    def _grad_norm_and_clip(self, params: list[Tensor]) -> float:
-        if not params:
-            return 0.0
-        cfg = self._engine.cfg
-        grads = [p.grad for p in params if p.grad is not None]
-        if cfg.grad_clip is not None and cfg.grad_clip_mode == "norm":
-            norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:
-            norm = nn.utils.get_total_norm(grads)
-            if cfg.grad_clip is not None and math.isfinite(float(norm)):
-                nn.utils.clip_grad_value_(params, cfg.grad_clip)
-        return float(norm)
 
 
 # ---------------------------------------------------------------------------------------------
