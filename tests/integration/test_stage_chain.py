@@ -178,3 +178,21 @@ def test_multi_split_protocol_records_splits_and_reports_mean_std(chain):
     assert len(splits) == 3 and all(len(s["query"]) == len(s["query_keys"]) for s in splits)
     assert set(metrics["average_over_targets"]) == {*BACKBONES, "ensemble"}
     assert "mAP std" in (out / "report.md").read_text()
+
+
+def test_same_seed_same_weights(chain):
+    """The whole training run is a function of its inputs and seed (initialization included)."""
+    args = [
+        "pretrain",
+        "--backbone",
+        "osnet_x0_25",
+        "--input",
+        "source=artifacts/shards/mall_warm",
+        "--input",
+        "source=artifacts/shards/night_station",
+        "--input",
+        "target=artifacts/shards/target_city",
+    ]
+    reidflow(*args, "--output", "artifacts/models/again", cwd=chain)
+    first = (chain / "artifacts/models/osnet_x0_25/model.safetensors").read_bytes()
+    assert (chain / "artifacts/models/again/model.safetensors").read_bytes() == first

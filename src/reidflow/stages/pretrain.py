@@ -29,7 +29,7 @@ from reidflow.stages.evaluate import dataset_dirs
 from reidflow.store.artifacts import InputArtifact, open_input, write_artifact
 from reidflow.store.lineage import RunContext, now_iso
 from reidflow.train import distributed as ddp
-from reidflow.train.engine import Engine, EngineConfig
+from reidflow.train.engine import Engine, EngineConfig, seed_everything
 from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
 from reidflow.train.pretrain import LossConfig, PretrainMethod, TargetBatches
 
@@ -132,6 +132,7 @@ def _run(
     dist = ddp.current()
     tcfg = TransformConfig.parse(cfg.transforms, where="pretrain.transforms")
     model_cfg = ModelConfig.from_mapping({**cfg.model, "num_classes": num_classes}, where="pretrain.model")
+    seed_everything(cfg.seed)  # the random initialization is part of the run: same seed, same weights
     model = build_reid_model(model_cfg)
     opener = LocalOpener(train.root)
     dataset = IndexedImageDataset(train, opener, tcfg.height, tcfg.width, labels=labels)
