@@ -13,6 +13,10 @@ Built-in kinds:
 ``bin``  batch-instance norm (Nam & Kim 2018): ``y = γ(ρ·x̂_B + (1-ρ)·x̂_I) + β`` with one shared
          affine and a per-channel gate ``rho`` in [0, 1] (clamped in forward; call
          :func:`clamp_gates_` after each optimizer step to keep the stored value in range too).
+``metabin`` MetaBIN's layer (Choi et al. 2021): separate BN and IN affines,
+         ``y = ρ·(γ_B x̂_B + β_B) + (1-ρ)·(γ_I x̂_I + β_I)``, gate ``rho`` init 1 (pure BN).
+         :func:`running_stats_held` makes training-mode forwards use batch statistics without
+         updating the running ones (MetaBIN's meta-train/meta-test forwards).
 
 Every layer built here can be initialized from an existing BatchNorm2d (``load_from_batchnorm``):
 that is what :func:`convert_norms` uses to swap the BNs of a built (possibly pretrained) model.
@@ -20,7 +24,8 @@ that is what :func:`convert_norms` uses to swap the BNs of a built (possibly pre
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -129,12 +134,82 @@ class BatchInstanceNorm2d(nn.Module):
         _copy_batchnorm(bn, self.bn, slice(None))
 
 
+class MetaBatchInstanceNorm2d(nn.Module):
+    """MetaBIN: ``ρ·(γ_B x̂_B + β_B) + (1-ρ)·(γ_I x̂_I + β_I)`` with a per-channel gate ``rho``.
+
+    The BN branch is a plain affine ``BatchNorm2d`` (child ``bn``: pretrained BN weights and running
+    statistics load into it); the IN branch has its own affine (``in_weight``, ``in_bias``, 1 and 0).
+    ``rho`` starts at ``rho_init`` (1: the layer starts as the BN it replaces) and is clamped to
+    [0, 1] in forward; :func:`clamp_gates_` clamps the stored value after an update.
+    """
+
+    def __init__(self, num_features: int, rho_init: float = 1.0, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        if not 0.0 <= rho_init <= 1.0:
+            raise ConfigError(f"norm 'metabin': rho_init must be in [0, 1], got {rho_init}")
+        self.num_features = num_features
+        self.eps = eps
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
+        self.in_weight = nn.Parameter(torch.ones(num_features))
+        self.in_bias = nn.Parameter(torch.zeros(num_features))
+        self.rho = nn.Parameter(torch.full((num_features,), float(rho_init)))
+        self.hold_running_stats = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.hold_running_stats:  # batch statistics, running ones untouched
+            x_batch = F.batch_norm(x, None, None, self.bn.weight, self.bn.bias, training=True, eps=self.eps)
+        else:
+            x_batch = self.bn(x)
+        x_inst = F.instance_norm(x, weight=self.in_weight, bias=self.in_bias, eps=self.eps)
+        rho = self.rho.clamp(0.0, 1.0).view(1, -1, 1, 1)
+        return rho * x_batch + (1.0 - rho) * x_inst
+
+    def load_from_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        """BN weights and running statistics go to the BN branch; the IN affine stays 1 / 0."""
+        _check_width(bn, self.num_features)
+        _copy_batchnorm(bn, self.bn, slice(None))
+
+
+_GATED = (BatchInstanceNorm2d, MetaBatchInstanceNorm2d)
+
+
 def clamp_gates_(model: nn.Module) -> None:
-    """Clamp every BIN gate of ``model`` to [0, 1] in place (call after an optimizer step)."""
+    """Clamp every BIN/MetaBIN gate of ``model`` to [0, 1] in place (call after an optimizer step)."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, BatchInstanceNorm2d):
+            if isinstance(module, _GATED):
                 module.rho.clamp_(0.0, 1.0)
+
+
+def gate_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The gates ρ of every BIN/MetaBIN layer by parameter name (MetaBIN's second parameter group)."""
+    return {f"{name}.rho" if name else "rho": m.rho for name, m in model.named_modules() if isinstance(m, _GATED)}
+
+
+@contextmanager
+def running_stats_held(model: nn.Module) -> Iterator[None]:
+    """Training-mode forwards inside use batch statistics but leave every running statistic as it was.
+
+    MetaBIN layers switch to pure batch statistics; plain BatchNorm layers (e.g. the BNNeck) get
+    momentum 0 and their batch counter restored, so their running statistics stay unchanged too.
+    """
+    metabin = [m for m in model.modules() if isinstance(m, MetaBatchInstanceNorm2d)]
+    inner = {id(m.bn) for m in metabin}
+    plain = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inner]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in plain]
+    for m in metabin:
+        m.hold_running_stats = True
+    for m in plain:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m in metabin:
+            m.hold_running_stats = False
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def _check_width(bn: nn.Module, num_features: int) -> None:
@@ -218,3 +293,4 @@ register_norm("bn", _build_bn)
 register_norm("in", InstanceNorm2d)
 register_norm("ibn", InstanceBatchNorm2d)
 register_norm("bin", BatchInstanceNorm2d)
+register_norm("metabin", MetaBatchInstanceNorm2d)
