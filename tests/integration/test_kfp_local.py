@@ -122,7 +122,10 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
     target_digest = shard_by_dataset["night_station"]["artifact"]["digest"]
     backbones = set()
     for rec in records["pretrain"]:
-        assert [i["digest"] for i in rec["inputs"]] == [source_digest, target_digest]  # BN adapted on the target
+        assert [i["digest"] for i in rec["inputs"]] == [
+            source_digest,
+            target_digest,
+        ]  # BN adapted on the target
         backbones.add(rec["params"]["model"]["backbone"])
     assert backbones == {"osnet_x0_25", "mobilenetv2_x0_5"}
     if "evaluate" not in LOCAL_RUN_STAGES:

@@ -130,8 +130,12 @@ def _column_max_and_neighbours(source: Any, num_neighbours: int) -> tuple[np.nda
         # Every distance to these items is 0 (e.g. a collapsed model embeds everything alike). The
         # dense original divides by 0 and yields NaN; we leave such columns unscaled so evaluation
         # still reports the (chance-level) result instead of failing.
-        log.warning("k_reciprocal: %d item(s) at distance 0 from everything (first: %d); their column is not "
-                    "normalized", int(degenerate.sum()), int(np.argmax(degenerate)))
+        log.warning(
+            "k_reciprocal: %d item(s) at distance 0 from everything (first: %d); their column is not "
+            "normalized",
+            int(degenerate.sum()),
+            int(np.argmax(degenerate)),
+        )
         col_max[degenerate] = 1.0
     return col_max, neighbours
 

@@ -1,6 +1,7 @@
-"""Re-ID losses: label-smoothed cross-entropy and batch-hard triplet variants."""
+"""Re-ID losses: label-smoothed cross-entropy, batch-hard triplet variants, MetaBIN's meta-train losses."""
 
 from reidflow.losses.ce import CrossEntropyLabelSmooth
+from reidflow.losses.metabin import inter_domain_shuffle_loss, intra_domain_scatter_loss
 from reidflow.losses.triplet import (
     SoftmaxTripletLoss,
     TripletLoss,
@@ -16,4 +17,6 @@ __all__ = [
     "batch_hard_distances",
     "euclidean_dist",
     "hard_example_mining",
+    "inter_domain_shuffle_loss",
+    "intra_domain_scatter_loss",
 ]

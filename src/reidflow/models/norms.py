@@ -183,7 +183,9 @@ def clamp_gates_(model: nn.Module) -> None:
 
 def gate_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The gates ρ of every BIN/MetaBIN layer by parameter name (MetaBIN's second parameter group)."""
-    return {f"{name}.rho" if name else "rho": m.rho for name, m in model.named_modules() if isinstance(m, _GATED)}
+    return {
+        f"{name}.rho" if name else "rho": m.rho for name, m in model.named_modules() if isinstance(m, _GATED)
+    }
 
 
 @contextmanager
@@ -195,8 +197,13 @@ def running_stats_held(model: nn.Module) -> Iterator[None]:
     """
     metabin = [m for m in model.modules() if isinstance(m, MetaBatchInstanceNorm2d)]
     inner = {id(m.bn) for m in metabin}
-    plain = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inner]
-    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in plain]
+    plain = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inner
+    ]
+    saved = [
+        (m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+        for m in plain
+    ]
     for m in metabin:
         m.hold_running_stats = True
     for m in plain:
