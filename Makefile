@@ -24,6 +24,8 @@ demo: $(STAMP)
 	VENV=$(VENV) bash scripts/demo.sh
 
 test: $(STAMP)
+	@.ci/system-deps >/dev/null 2>&1 || echo "note: could not install prometheus-pushgateway (needs root or sudo);" \
+		"its integration test is skipped outside CI"
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
