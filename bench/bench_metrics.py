@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-import tracemalloc
 
 import numpy as np
+from _measure import measure
 
 from reidflow.eval.metrics import evaluate_rank
 from reidflow.eval.reference import evaluate_rank_field_style, evaluate_rank_reference
@@ -31,16 +30,6 @@ def market_like(num_q: int, num_g: int, num_ids: int, num_cams: int, seed: int =
     q_cams = rng.integers(0, num_cams, num_q)
     distmat = rng.random((num_q, num_g), dtype=np.float32)
     return distmat, q_pids, g_pids, q_cams, g_cams
-
-
-def measure(fn, *args, **kwargs):
-    tracemalloc.start()
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return out, seconds, peak / 2**20
 
 
 def main() -> None:

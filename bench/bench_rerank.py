@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
-import tracemalloc
 
 import numpy as np
+from _measure import measure
 
 from reidflow.eval.reference import k_reciprocal_reference
 from reidflow.eval.rerank import k_reciprocal, k_reciprocal_from_features, squared_euclidean
@@ -26,16 +25,6 @@ def clustered_features(num: int, dim: int = 128, num_ids: int | None = None, see
     labels = rng.integers(0, num_ids, num)
     feats = centers[labels] + 0.6 * rng.normal(size=(num, dim)).astype(np.float32)
     return feats / np.linalg.norm(feats, axis=1, keepdims=True)
-
-
-def measure(fn, *args, **kwargs):
-    tracemalloc.start()
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return out, seconds, peak / 2**20
 
 
 def main() -> None:

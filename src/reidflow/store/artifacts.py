@@ -78,30 +78,17 @@ def write_artifact(
     a training stage opens its artifact only after training); default now.
     """
     target = parse_uri(uri)
-    if target.is_s3:
-        from reidflow.store.s3_artifacts import s3_write_artifact
-
-        with s3_write_artifact(
-            target,
-            kind=kind,
-            stage=stage,
-            params=params,
-            params_digest=params_digest,
-            seed=seed,
-            inputs=inputs,
-            ctx=ctx or RunContext.from_env(),
-            started=started,
-        ) as writer:
-            yield writer
-        return
-    dest = target.local_path
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    if target.is_s3:  # built locally, uploaded on success (lineage.json last)
+        tmp = Path(tempfile.mkdtemp(prefix="reidflow-s3-out-"))
+    else:
+        dest = target.local_path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     writer = ArtifactWriter(path=tmp, uri=target)
     started = started or now_iso()
     try:
         yield writer
-        finalize_directory(
+        record = finalize_directory(
             tmp,
             writer,
             kind=kind,
@@ -113,10 +100,14 @@ def write_artifact(
             ctx=ctx or RunContext.from_env(),
             started=started,
         )
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if target.is_s3:
+            from reidflow.store.s3_artifacts import publish_dir
+
+            publish_dir(tmp, target, record)
+        else:
+            _replace_dir(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful local rename; else cleanup
 
 
 def finalize_directory(

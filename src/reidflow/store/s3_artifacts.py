@@ -14,16 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from reidflow.errors import ArtifactError
 from reidflow.store import s3
 from reidflow.store.digests import file_sha256
-from reidflow.store.lineage import LINEAGE_FILE, RunContext, now_iso
+from reidflow.store.lineage import LINEAGE_FILE
 from reidflow.store.uri import URI
 
 
@@ -31,45 +28,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("REIDFLOW_CACHE_DIR") or Path.home() / ".cache" / "reidflow" / "s3")
 
 
-@contextmanager
-def s3_write_artifact(
-    target: URI,
-    *,
-    kind: str,
-    stage: str,
-    params: dict[str, Any],
-    params_digest: str,
-    seed: int | None,
-    inputs: list[Any],
-    ctx: RunContext,
-    started: str | None = None,
-) -> Iterator[Any]:
-    from reidflow.store.artifacts import ArtifactWriter, finalize_directory
-
+def publish_dir(local: Path, target: URI, record: dict[str, Any]) -> None:
+    """Upload a finalized artifact directory to ``target`` (see the module docstring for the order)."""
     bucket, prefix = s3.split_s3(target.raw)
-    tmp = Path(tempfile.mkdtemp(prefix="reidflow-s3-out-"))
-    writer = ArtifactWriter(path=tmp, uri=target)
-    started = started or now_iso()
-    try:
-        yield writer
-        record = finalize_directory(
-            tmp,
-            writer,
-            kind=kind,
-            stage=stage,
-            params=params,
-            params_digest=params_digest,
-            seed=seed,
-            inputs=inputs,
-            ctx=ctx,
-            started=started,
-        )
-        publish_dir(tmp, bucket, prefix, record)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def publish_dir(local: Path, bucket: str, prefix: str, record: dict[str, Any]) -> None:
     lineage_key = f"{prefix}/{LINEAGE_FILE}" if prefix else LINEAGE_FILE
     s3.delete_keys(bucket, [lineage_key])
     new_keys = set()
