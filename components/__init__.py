@@ -21,11 +21,12 @@ class StageComponents:
     pretrain_multinode: Any
     evaluate: Any
     camera: Any
+    metabin: Any
 
 
 def build_components(image: str | None = None) -> StageComponents:
     """Every component, running in ``image`` (default: :func:`components.image.resolve_image`)."""
-    from components import camera, collect, evaluate, pretrain, pretrain_multinode, shard, synth
+    from components import camera, collect, evaluate, metabin, pretrain, pretrain_multinode, shard, synth
     from components.image import resolve_image
 
     image = image or resolve_image()
@@ -37,6 +38,7 @@ def build_components(image: str | None = None) -> StageComponents:
         pretrain_multinode=pretrain_multinode.build(image),
         evaluate=evaluate.build(image),
         camera=camera.build(image),
+        metabin=metabin.build(image),
     )
 
 

@@ -22,6 +22,7 @@ def evaluate(
     report_html: Output[HTML],
     report_md: Output[Markdown],
     camera: Input[Model] = None,
+    metabin: Input[Model] = None,
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
 ) -> NamedTuple("EvaluateOutputs", [("digest", str)]):
@@ -29,7 +30,8 @@ def evaluate(
 
     ``evaluation`` is the full artifact (lineage.json, metrics.json, reports, figures); the metrics
     and the reports are also exposed as KFP's typed outputs so the UI shows them. ``camera`` is the
-    camera model (present when ``evaluate.camera.enabled``).
+    camera model (present when ``evaluate.camera.enabled``); ``metabin`` the MetaBIN model, evaluated
+    and ensembled with the others (present when params.yaml has a ``metabin`` section).
     """
     import json
     from collections import namedtuple
@@ -42,6 +44,8 @@ def evaluate(
     cfg = section(params, "evaluate", evaluate.EvaluateConfig, source=runtime.PARAMS_SOURCE)
     eval_sets = runtime.evaluation_sets(runtime.read_manifest(shards))
     model_uris = [runtime.input_uri(m) for m in models]
+    if metabin is not None:
+        model_uris.append(runtime.input_uri(metabin))
     uri = runtime.output_uri(evaluation, artifact_root, run_id, task_name)
     with (
         runtime.private_s3_cache(),

@@ -289,7 +289,7 @@ def local_copy(uri: str) -> Path:
         return open_input("artifact", uri).path
 
 
-CLI_STAGE_COMMANDS = ("pretrain",)
+CLI_STAGE_COMMANDS = ("pretrain", "metabin")
 """`reidflow <command>`s the components launch as processes (torchrun, PyTorchJob); checked by tests."""
 
 

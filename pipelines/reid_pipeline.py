@@ -1,5 +1,6 @@
 """The reidflow pipeline: synth -> shard (ParallelFor over datasets) -> collect -> pretrain
-(ParallelFor over backbones) -> evaluate (ensemble of all backbones, dsl.Collected fan-in).
+(ParallelFor over backbones) and MetaBIN (when params.yaml has a ``metabin`` section) -> evaluate
+(ensemble of all models, dsl.Collected fan-in).
 
 The pipeline is built from params.yaml at compile time: parameter defaults (the params text, the
 backbones, the datasets, the artifact root) and cluster settings (image, resources) come from it.
@@ -39,6 +40,11 @@ class PipelinePlan:
     def camera(self) -> bool:
         """Train the camera model for the evaluation's camera-similarity correction."""
         return bool(((self.params.get("evaluate") or {}).get("camera") or {}).get("enabled"))
+
+    @property
+    def metabin(self) -> bool:
+        """Train the MetaBIN model (params.yaml has a ``metabin`` section) beside the pretrained ones."""
+        return "metabin" in self.params
 
     @property
     def params_digest(self) -> str:
@@ -85,7 +91,10 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
 
     @dsl.pipeline(
         name=cfg.pipeline_name,
-        description="reidflow: synthetic/real re-ID data -> shards -> pretrained backbones -> ensemble evaluation",
+        description=(
+            "reidflow: synthetic/real re-ID data -> shards -> pretrained backbones and MetaBIN -> "
+            "ensemble evaluation"
+        ),
     )
     def reid_pipeline(
         params_yaml: str = plan.params_text,
@@ -97,6 +106,7 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
         synth_overrides: list = [],  # noqa: B006 - KFP reads defaults, never mutates them
         shard_overrides: list = [],  # noqa: B006
         pretrain_overrides: list = [],  # noqa: B006
+        metabin_overrides: list = [],  # noqa: B006
         evaluate_overrides: list = [],  # noqa: B006
     ) -> None:
         synth = comps.synth(
@@ -144,9 +154,21 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
             else:
                 pretrain = comps.pretrain(gpus=cfg.gpus, **common)
                 apply_training(apply_common(pretrain, cfg, image), cfg)
+        extra: dict[str, Any] = {}
+        if plan.metabin:
+            meta = comps.metabin(
+                params_yaml=params_yaml,
+                overrides=metabin_overrides,
+                shards=collect.outputs["manifest"],
+                artifact_root=artifact_root,
+                gpus=cfg.gpus,
+                params_digest=params_digest,
+                shards_digest=shards_digest,
+            )
+            apply_training(apply_common(meta, cfg, image), cfg)
+            extra["metabin"] = meta.outputs["model"]
         if "evaluate" not in stages:
             return
-        extra: dict[str, Any] = {}
         if plan.camera:  # the camera model of the camera-similarity correction (evaluate.camera.enabled)
             cam = comps.camera(
                 params_yaml=params_yaml,

@@ -53,6 +53,14 @@ def tiny_params(data_root: str = "data/synth", all_domains: bool = False) -> dic
         s["engine"] = {**s["engine"], "epochs": 1, "max_iters": 3, "checkpoint_every": 2, "log_every": 1}
         s["scheduler"] = {"kind": "constant", "warmup": 0}
         s["num_workers"] = 0
+    m = p["metabin"]
+    m["transforms"] = {**m["transforms"], "height": 64, "width": 32}
+    m["sampler"] = {"P": 4, "K": 2}
+    m["meta_batch"] = {"ids_per_domain": 2, "K": 2, "domains": "dataset"}
+    m["meta"] = {**m["meta"], "n_mtrain": 1}  # the default chain has two sources
+    m["engine"] = {**m["engine"], "epochs": 1, "max_iters": 3, "checkpoint_every": 2, "log_every": 1}
+    m["scheduler"] = {"kind": "constant", "warmup": 0}
+    m["num_workers"] = 0
     p["pretrain"]["target_bn"] = {"enabled": True, "batch_size": 8}
     p["camera"]["sampler"] = {"kind": "identity", "P": 3, "K": 4}  # classes are the 3 target cameras
     p["evaluate"]["report"] = {**p["evaluate"]["report"], "embedding": "pca", "retrieval_queries": 3}

@@ -171,6 +171,46 @@ def pretrain(
 
 
 @app.command()
+def metabin(
+    output: OutputOpt,
+    input_: InputOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="shortcut for --set <section>.model.backbone=")
+    ] = None,
+    section_name: Annotated[str, typer.Option("--section", help="params section to read")] = "metabin",
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+    metrics_port: MetricsPortOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """MetaBIN domain generalization (--input source=URI ..., optional unseen --input target=URI ... for eval only)."""
+    from reidflow.config import section
+    from reidflow.obs.train_hook import PrometheusHook
+    from reidflow.stages import metabin as stage
+
+    overrides = list(set_ or [])
+    if backbone:
+        overrides.append(f"{section_name}.model.backbone={backbone}")
+    raw = _load(params, overrides)
+    cfg = section(raw, section_name, stage.MetabinConfig, source=str(params))
+    inputs = _inputs(input_)
+    _reject_unknown_inputs(inputs, {"source", "target"})
+    with _observed(section_name, _instance(output), metrics_port) as metrics:
+        out = stage.run(
+            cfg,
+            inputs.get("source", []),
+            inputs.get("target", []),
+            output,
+            _ctx(orchestrator, stage_name),
+            resume=resume,
+            hooks=(PrometheusHook(metrics),),
+        )
+    err_console.print(f"[green]{section_name}[/green]: wrote {out}")
+
+
+@app.command()
 def evaluate(
     output: OutputOpt,
     input_: InputOpt = None,

@@ -62,9 +62,12 @@ def test_repro_builds_every_stage_and_is_up_to_date(project):
         "artifacts/models/osnet_x0_25",
         "artifacts/models/mobilenetv2_x0_5",
         "artifacts/models/camera",
+        "artifacts/models/osnet_x0_25-metabin",
         "artifacts/evaluate",
     ):
         assert (root / rel / "lineage.json").is_file(), rel
+    metabin = json.loads((root / "artifacts/models/osnet_x0_25-metabin/lineage.json").read_text())
+    assert metabin["stage"] == "metabin" and len(metabin["inputs"]) == 6  # 5 sources + the unseen target
     lineage = json.loads((root / "artifacts/models/osnet_x0_25/lineage.json").read_text())
     assert lineage["runtime"]["orchestrator"] == "dvc" and lineage["stage"] == "pretrain@osnet_x0_25"
     assert "up to date" in run(

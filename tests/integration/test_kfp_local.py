@@ -51,6 +51,16 @@ def tiny_params(**kfp: Any) -> dict[str, Any]:
             "num_workers": 0,
             "eval": {"enabled": False},
         },
+        "metabin": {  # one source: its cameras are the domains
+            "model": {"backbone": "osnet_x0_25", "norm": "metabin"},
+            "transforms": {"height": 64, "width": 32},
+            "sampler": {"P": 4, "K": 2},
+            "meta_batch": {"ids_per_domain": 2, "K": 2, "domains": "camera"},
+            "meta": {"n_mtrain": 1},
+            "engine": {"epochs": 1, "max_iters": 2, "device": "cpu"},
+            "num_workers": 0,
+            "eval": {"enabled": False},
+        },
         "camera": {
             "labels": "camera",
             "model": {"backbone": "osnet_x0_25"},
@@ -95,10 +105,9 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
     (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     result = run_local(workdir / "params.yaml", workdir / "kfp-root", stages=LOCAL_RUN_STAGES)
 
-    expected = {"synth": 1, "shard": 2, "pretrain": 2, "evaluate": 1}
-    assert {s: len(result.artifacts.get(s, [])) for s in LOCAL_RUN_STAGES} == {
-        s: expected[s] for s in LOCAL_RUN_STAGES
-    }
+    expected = {"synth": 1, "shard": 2, "pretrain": 2, "metabin": 1, "evaluate": 1}
+    ran = (*LOCAL_RUN_STAGES, "metabin") if "pretrain" in LOCAL_RUN_STAGES else LOCAL_RUN_STAGES
+    assert {s: len(result.artifacts.get(s, [])) for s in ran} == {s: expected[s] for s in ran}
     records = {s: [lineage(p) for p in paths] for s, paths in result.artifacts.items()}
     for stage, recs in records.items():
         for rec in recs:
@@ -133,14 +142,21 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
 
     [evaluation] = records["evaluate"]
     input_digests = {i["digest"] for i in evaluation["inputs"]}
-    assert {r["artifact"]["digest"] for r in records["pretrain"]} <= input_digests
+    assert {r["artifact"]["digest"] for r in records["pretrain"] + records["metabin"]} <= input_digests
+    [metabin] = records["metabin"]
+    assert [i["digest"] for i in metabin["inputs"]] == [source_digest, target_digest]  # target: eval only
     assert shard_by_dataset["night_station"]["artifact"]["digest"] in input_digests
     assert source_digest not in input_digests  # sources are not evaluation sets
     camera_inputs = [i for i in evaluation["inputs"] if i["name"] == "camera"]
     assert len(camera_inputs) == 1, "evaluate.camera.enabled wires the camera model into the evaluation"
     assert result.report is not None and result.report.is_file()
     scores = json.loads(result.metrics.read_text())
-    assert set(scores["summary"]["night_station"]) == {"osnet_x0_25", "mobilenetv2_x0_5", "ensemble"}
+    assert set(scores["summary"]["night_station"]) == {
+        "osnet_x0_25",
+        "mobilenetv2_x0_5",
+        "osnet_x0_25-metabin",
+        "ensemble",
+    }
 
     from reidflow.store.ancestry import verify
 

@@ -134,7 +134,8 @@ def make_method(
         nn.Identity(),
         lambda t: meta_batch(t, dtype),
         inner or CyclicInnerLR(rho_lr * 10, low=0.1, high=1.0, period_iters=4),
-        MetaStepConfig(n_mtrain=2, second_order=second_order, seed=3),
+        MetaStepConfig(n_mtrain=2, second_order=second_order),
+        seed=3,
     )
 
 

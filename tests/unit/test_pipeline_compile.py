@@ -483,3 +483,23 @@ def test_camera_model_task_when_camera_correction_is_enabled(
     assert "nvidia.com/gpu" in json.dumps(spec["deploymentSpec"]["executors"]["exec-camera"])
     without, _ = compile_params(tmp_path, tiny_params(image=f"registry.example.com/reidflow@{DIGEST}"))
     assert "camera" not in all_tasks(without)
+
+
+def test_metabin_task_when_params_have_a_metabin_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REIDFLOW_IMAGE", raising=False)
+    params = tiny_params(image=f"registry.example.com/reidflow@{DIGEST}")
+    params["metabin"] = {"model": {"backbone": "osnet_x0_25", "norm": "metabin"}}
+    spec, platform = compile_params(tmp_path, params)
+    tasks = all_tasks(spec)
+    assert "metabin" in tasks
+    assert tasks["metabin"]["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == (
+        "collect-shards"
+    )
+    evaluate_inputs = tasks["evaluate"]["inputs"]["artifacts"]
+    assert evaluate_inputs["metabin"]["taskOutputArtifact"]["producerTask"] == "metabin"
+    executor = spec["deploymentSpec"]["executors"]["exec-metabin"]
+    assert executor["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    assert "nvidia-l4" in json.dumps(platform["exec-metabin"]), "GPU node pool selector"
+    assert "metabin" not in all_tasks(compile_params(tmp_path, tiny_params())[0])

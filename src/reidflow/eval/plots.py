@@ -104,3 +104,24 @@ def training_curve(history: Sequence[Mapping[str, float]], out: Path, title: str
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def gate_profile(layers: Sequence[Mapping[str, float]], out: Path, title: str) -> Path:
+    """Per-layer BN/IN gate ρ (mean and 10-90 % band) in network order: 1 = batch norm, 0 = instance norm."""
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    x = np.arange(len(layers))
+    if layers:
+        ax.fill_between(
+            x, [g["p10"] for g in layers], [g["p90"] for g in layers], alpha=0.25, label="10-90 %"
+        )
+        ax.plot(x, [g["mean"] for g in layers], lw=1.2, marker=".", label="mean ρ")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("gated norm layer (input → output)")
+    ax.set_ylabel("ρ  (1 = BN, 0 = IN)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

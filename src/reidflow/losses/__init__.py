@@ -2,6 +2,7 @@
 
 from reidflow.losses.ce import CrossEntropyLabelSmooth
 from reidflow.losses.metabin import inter_domain_shuffle_loss, intra_domain_scatter_loss
+from reidflow.losses.snr import dual_causality_loss
 from reidflow.losses.triplet import (
     SoftmaxTripletLoss,
     TripletLoss,
@@ -15,6 +16,7 @@ __all__ = [
     "SoftmaxTripletLoss",
     "TripletLoss",
     "batch_hard_distances",
+    "dual_causality_loss",
     "euclidean_dist",
     "hard_example_mining",
     "inter_domain_shuffle_loss",

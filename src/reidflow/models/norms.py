@@ -301,3 +301,23 @@ register_norm("in", InstanceNorm2d)
 register_norm("ibn", InstanceBatchNorm2d)
 register_norm("bin", BatchInstanceNorm2d)
 register_norm("metabin", MetaBatchInstanceNorm2d)
+
+
+def gate_statistics(model: nn.Module) -> list[dict[str, float | int | str]]:
+    """Per gated layer, in module order: name, channels, mean / min / 10th / 90th percentile / max of ρ."""
+    rows: list[dict[str, float | int | str]] = []
+    for name, rho in gate_parameters(model).items():
+        values = rho.detach().float().clamp(0.0, 1.0).cpu()
+        p10, p90 = torch.quantile(values, torch.tensor([0.1, 0.9])).tolist()
+        rows.append(
+            {
+                "layer": name.removesuffix(".rho"),
+                "channels": int(values.numel()),
+                "mean": round(float(values.mean()), 4),
+                "min": round(float(values.min()), 4),
+                "p10": round(p10, 4),
+                "p90": round(p90, 4),
+                "max": round(float(values.max()), 4),
+            }
+        )
+    return rows

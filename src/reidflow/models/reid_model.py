@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from torch import nn
 
 from reidflow.errors import ConfigError
 from reidflow.models.heads import BNNeck, build_classifier, build_pool
+from reidflow.models.snr import build_snr_modules, check_snr_stages, snr_stages_problem
 
 EvalFeatures = Literal["bn", "pre_bn"]
 
@@ -25,6 +26,12 @@ class ReIDModel(nn.Module):
     ``eval_features="pre_bn"`` (set at construction or passed per call).
 
     ``embedding_dim`` adds Linear(C, D) + BatchNorm1d + ReLU after pooling (OSNet's 512-d FC).
+
+    ``snr_stages`` (subset of 1-3) inserts an SNR module (child ``snr``, keys ``stage<s>``) after
+    those backbone stages; the network continues with the restituted map. In train mode the output
+    dict then also holds ``"snr"``: one ``(normalized, restituted, contaminated)`` triple of
+    globally average-pooled N×C features per module, in stage order (for the dual causality loss).
+    Without SNR the forward is the plain ``backbone(x)`` path.
     """
 
     def __init__(
@@ -40,11 +47,17 @@ class ReIDModel(nn.Module):
         classifier_scale: float | None = None,
         classifier_margin: float | None = None,
         eval_features: EvalFeatures = "bn",
+        snr_stages: Sequence[int] = (),
+        snr_reduction: int = 16,
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "out_channels"):
             raise ConfigError(f"ReIDModel: backbone {type(backbone).__name__} has no out_channels attribute")
         self.backbone = backbone
+        self.snr_stages = check_snr_stages(snr_stages)
+        self.snr: nn.ModuleDict | None = (
+            build_snr_modules(backbone, self.snr_stages, snr_reduction) if self.snr_stages else None
+        )
         self.pool = build_pool(pool, gem_p=gem_p) if isinstance(pool, str) else pool
         feature_dim = int(backbone.out_channels)
         self.embedding: nn.Module | None = None
@@ -72,19 +85,46 @@ class ReIDModel(nn.Module):
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None, eval_features: EvalFeatures | None = None
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
-        features = self.pool(self.backbone(x))
+    ) -> torch.Tensor | dict[str, Any]:
+        snr_features: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        feature_map = self.backbone(x) if self.snr is None else self._forward_with_snr(x, snr_features)
+        features = self.pool(feature_map)
         if self.embedding is not None:
             features = self.embedding(features)
         if not self.training:
             which = _check_eval_features(eval_features or self.eval_features)
             return features if which == "pre_bn" else self.neck(features)
         bn_features = self.neck(features)
-        return {
+        outputs: dict[str, Any] = {
             "features": features,
             "bn_features": bn_features,
             "logits": self.classifier(bn_features, labels),
         }
+        if self.snr is not None:
+            outputs["snr"] = snr_features
+        return outputs
+
+    def _forward_with_snr(
+        self, x: torch.Tensor, pooled: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Stem and stages with the restituted map after each SNR stage; appends pooled triples in training."""
+        x = self.backbone.forward_stem(x)
+        for index, stage in enumerate(self.backbone.stage_modules(), start=1):
+            x = stage(x)
+            key = f"stage{index}"
+            if key not in self.snr:
+                continue
+            out = self.snr[key](x)
+            x = out.restituted
+            if self.training:
+                pooled.append(
+                    (_global_avg(out.normalized), _global_avg(out.restituted), _global_avg(out.contaminated))
+                )
+        return x
+
+
+def _global_avg(feature_map: torch.Tensor) -> torch.Tensor:
+    return feature_map.mean(dim=(2, 3))
 
 
 def _check_eval_features(value: str) -> EvalFeatures:
@@ -111,6 +151,16 @@ class ModelConfig(BaseModel):
     embedding_dim: int | None = Field(None, gt=0)
     pretrained: str | None = None
     eval_features: EvalFeatures = "bn"
+    snr_stages: list[StrictInt] = Field(default_factory=list)
+    snr_reduction: int = Field(16, gt=0)
+
+    @field_validator("snr_stages")
+    @classmethod
+    def _valid_snr_stages(cls, value: list[int]) -> list[int]:
+        problem = snr_stages_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "model") -> ModelConfig:
@@ -140,4 +190,6 @@ def build_reid_model(cfg: ModelConfig | Mapping[str, Any]) -> ReIDModel:
         classifier_scale=cfg.classifier_scale,
         classifier_margin=cfg.classifier_margin,
         eval_features=cfg.eval_features,
+        snr_stages=cfg.snr_stages,
+        snr_reduction=cfg.snr_reduction,
     )

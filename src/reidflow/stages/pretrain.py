@@ -6,10 +6,8 @@ camera-similarity correction (classes = cameras of the given shards, identities 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +24,14 @@ from reidflow.errors import ConfigError, DataError
 from reidflow.models.artifact import save_model_artifact
 from reidflow.models.reid_model import ModelConfig, build_reid_model
 from reidflow.stages.evaluate import dataset_dirs
+from reidflow.stages.trained_model import (
+    QuickEvalConfig,
+    checkpoint_dir,
+    device_name,
+    final_losses,
+    quick_eval,
+    save_training_curve,
+)
 from reidflow.store.artifacts import InputArtifact, open_input, write_artifact
 from reidflow.store.lineage import RunContext, now_iso
 from reidflow.train import distributed as ddp
@@ -45,11 +51,6 @@ class SamplerConfig(StrictModel):
 class TargetBNConfig(StrictModel):
     enabled: bool = False
     batch_size: int = Field(32, ge=2)
-
-
-class QuickEvalConfig(StrictModel):
-    enabled: bool = True
-    batch_size: int = Field(128, ge=1)
 
 
 class PretrainConfig(StrictModel):
@@ -74,14 +75,6 @@ class PretrainConfig(StrictModel):
         ModelConfig.from_mapping({**self.model, "num_classes": 1}, where="pretrain.model")
         TransformConfig.parse(self.transforms, where="pretrain.transforms")
         return self
-
-
-def _device_name(engine: EngineConfig) -> str:
-    import torch
-
-    if engine.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return engine.device
 
 
 def _train_labels(index: ShardIndex, labels: str) -> tuple[np.ndarray, dict[str, int]]:
@@ -138,7 +131,7 @@ def _run(
     dataset = IndexedImageDataset(train, opener, tcfg.height, tcfg.width, labels=labels)
     sampler = _sampler(cfg, labels, train, dist)
     loader = make_train_loader(
-        dataset, sampler, num_workers=cfg.num_workers, pin_memory=_device_name(cfg.engine) == "cuda"
+        dataset, sampler, num_workers=cfg.num_workers, pin_memory=device_name(cfg.engine) == "cuda"
     )
     optimizer = build_optimizer(model, cfg.optimizer)
     iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
@@ -147,7 +140,7 @@ def _run(
     method = PretrainMethod(
         model, optimizer, scheduler, cfg.loss, num_classes, build_train_transform(tcfg), target_batches
     )
-    ckpt_dir = _checkpoint_dir(cfg, output)
+    ckpt_dir = checkpoint_dir(cfg.checkpoint_dir, output)
     engine = Engine(method, loader, cfg.engine, checkpoint_dir=ckpt_dir, hooks=hooks)
     result = engine.fit(resume=resume)
     if not dist.is_main:
@@ -183,17 +176,20 @@ def _run(
                 "num_train_images": len(train),
             },
         )
-        _save_curve(art.path, result.history)
+        save_training_curve(art.path, result.history, ("ce", "triplet"), "lr/model")
         metrics: dict[str, Any] = {
             "train": {
                 "iterations": result.final_iteration,
                 "images_per_s": round(result.samples_per_s, 2),
                 "wall_time_s": round(result.wall_time_s, 1),
-                "final": _final_losses(result.history),
+                "final": final_losses(result.history, ("ce", "triplet", "acc")),
             }
         }
         if cfg.eval.enabled and cfg.labels == "identity":
-            metrics["eval"] = quick_eval(model, source_dirs, target_input, tcfg, cfg, str(engine.device))
+            target_dirs = dataset_dirs(target_input) if target_input else []
+            metrics["eval"] = quick_eval(
+                model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, str(engine.device)
+            )
         art.metrics = metrics
     if ckpt_dir is not None and not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -222,79 +218,3 @@ def _target_batches(
         index, LocalOpener(index.root), tcfg.height, tcfg.width, labels=np.zeros(len(index), dtype=np.int64)
     )
     return TargetBatches(ds.__getitem__, len(ds), cfg.target_bn.batch_size, cfg.seed)
-
-
-def _checkpoint_dir(cfg: PretrainConfig, output: str | Path) -> Path:
-    if cfg.checkpoint_dir:
-        return Path(cfg.checkpoint_dir)
-    out = str(output)
-    if out.startswith("s3://"):
-        return Path(tempfile.gettempdir()) / "reidflow-ckpt" / out[5:].replace("/", "_")
-    path = Path(out)
-    return path.with_name(path.name + ".ckpt")
-
-
-def _save_curve(directory: Path, history: list[dict[str, Any]]) -> None:
-    from reidflow.eval.plots import training_curve
-
-    keep = ("iteration", "epoch", "ce", "triplet", "acc", "lr/model")
-    rows = [{k: h[k] for k in keep if k in h} for h in history]
-    (directory / "training_curve.json").write_text(json.dumps(rows) + "\n")
-    curve = [
-        {
-            "iteration": r["iteration"],
-            **{k: r[k] for k in ("ce", "triplet") if k in r},
-            "lr": r.get("lr/model", float("nan")),
-        }
-        for r in rows
-    ]
-    training_curve(curve, directory / "training_curve.png", "training losses")
-
-
-def _final_losses(history: list[dict[str, Any]], window: int = 20) -> dict[str, float]:
-    tail = history[-window:]
-    keys = [k for k in ("ce", "triplet", "acc") if tail and k in tail[-1]]
-    return {k: round(float(np.mean([h[k] for h in tail])), 4) for k in keys}
-
-
-def quick_eval(
-    model: Any,
-    source_dirs: list[Path],
-    target: InputArtifact | None,
-    tcfg: TransformConfig,
-    cfg: PretrainConfig,
-    device: str,
-) -> dict[str, Any]:
-    """mAP / rank-1 on the query/gallery split of every source (same-domain) and the target (cross-domain)."""
-    from reidflow.eval.features import extract
-    from reidflow.eval.scoring import headline, score_variants
-
-    sets = [(d, "same_domain") for d in source_dirs]
-    if target is not None:
-        sets += [(d, "cross_domain") for d in dataset_dirs(target)]
-    per_dataset: dict[str, Any] = {}
-    groups: dict[str, list[float]] = {"same_domain": [], "cross_domain": []}
-    for ddir, group in sets:
-        index = ShardIndex.load(ddir)
-        if not {"query", "gallery"} <= set(index.splits):
-            continue
-        qg = index.filter(split=["query", "gallery"])
-        feats = extract(
-            model,
-            qg,
-            height=tcfg.height,
-            width=tcfg.width,
-            batch_size=cfg.eval.batch_size,
-            device=device,
-            mean=tcfg.mean,
-            std=tcfg.std,
-        )
-        is_q = np.asarray(qg.splits) == "query"
-        q, g = feats.take(np.flatnonzero(is_q)), feats.take(np.flatnonzero(~is_q))
-        variants, _ = score_variants(
-            q.features, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=20, rerank=None
-        )
-        per_dataset[ddir.name] = {**headline(variants["plain"]), "group": group}
-        groups[group].append(per_dataset[ddir.name]["mAP"])
-    summary = {f"{g}_mAP": round(float(np.mean(v)), 4) for g, v in groups.items() if v}
-    return {"datasets": per_dataset, **summary}

@@ -31,11 +31,11 @@ from torch.func import functional_call
 
 from reidflow.config import StrictModel
 from reidflow.errors import ConfigError
-from reidflow.losses import CrossEntropyLabelSmooth, inter_domain_shuffle_loss, intra_domain_scatter_loss
+from reidflow.losses import inter_domain_shuffle_loss, intra_domain_scatter_loss
 from reidflow.models.norms import clamp_gates_, gate_parameters, running_stats_held
 from reidflow.train.engine import StepContext
 from reidflow.train.optim import OptimizerConfig, build_optimizer
-from reidflow.train.pretrain import LossConfig, build_triplet
+from reidflow.train.pretrain import LossConfig, SupervisedLoss, build_triplet, loss_dtype
 from reidflow.train.runtime import move_to_device
 
 MetaBatches = Callable[[int], dict[str, Tensor]]
@@ -88,12 +88,11 @@ class CyclicInnerLR:
 class MetaStepConfig(StrictModel):
     """The meta step's knobs (the base step reuses :class:`reidflow.train.pretrain.LossConfig`)."""
 
-    n_mtrain: int = Field(1, ge=1)
+    n_mtrain: int = Field(2, ge=1)
     second_order: bool = False
     scatter_weight: float = Field(1.0, ge=0)
     shuffle_weight: float = Field(1.0, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
-    seed: int = 0
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -135,11 +134,6 @@ def split_domains(domains: Tensor, n_mtrain: int, seed: int, iteration: int) -> 
     return torch.isin(domains, chosen)
 
 
-def _loss_dtype(t: Tensor) -> Tensor:
-    """Losses in float32 under AMP; double stays double (gradient checks)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 class MetaBINMethod:
     """State: one re-ID model with metabin norms, θ and ρ optimizers/schedulers, the inner-step cycle."""
 
@@ -156,6 +150,8 @@ class MetaBINMethod:
         meta_batches: MetaBatches,
         inner_lr: CyclicInnerLR,
         meta: MetaStepConfig | None = None,
+        *,
+        seed: int = 0,
     ) -> None:
         self.model = model
         self._check_optimizers(theta_optimizer, rho_optimizer)
@@ -163,9 +159,9 @@ class MetaBINMethod:
         self.rho_optimizer = rho_optimizer
         self.theta_scheduler = theta_scheduler
         self.rho_scheduler = rho_scheduler
-        self.loss_cfg = loss
         self.meta = meta or MetaStepConfig()
-        self.ce = CrossEntropyLabelSmooth(num_classes, epsilon=loss.label_smoothing)
+        self.seed = int(seed)  # seeds the per-iteration meta-train/meta-test domain split
+        self.loss = SupervisedLoss(loss, num_classes)
         self.triplet = build_triplet(loss)
         self.transform = train_transform
         self.meta_batches = meta_batches
@@ -206,14 +202,7 @@ class MetaBINMethod:
         labels = batch["pid"]
         with ctx.autocast():
             out = ctx.unwrap("model")(images, labels)
-        logits, features = _loss_dtype(out["logits"]), _loss_dtype(out["features"])
-        terms: dict[str, Tensor] = {}
-        if self.loss_cfg.ce_weight > 0:
-            terms["ce"] = self.loss_cfg.ce_weight * self.ce(logits, labels)
-        if self.loss_cfg.triplet_weight > 0:
-            terms["triplet"] = self.loss_cfg.triplet_weight * self.triplet(features, labels)
-        if not terms:
-            raise ConfigError("MetaBIN: loss.ce_weight and loss.triplet_weight are both 0; nothing to train")
+        terms, logits = self.loss(out, labels)
         theta, _ = split_parameters(ctx.unwrap("model"))
         ctx.backward_and_step(terms, "theta", params=theta, sync_grads=True)
         clamp_gates_(ctx.unwrap("model"))
@@ -232,14 +221,14 @@ class MetaBINMethod:
         named_gates = gate_parameters(model)
         names, gates = list(named_gates), list(named_gates.values())
         beta = self.inner_lr.value(ctx.iteration)
-        mtrain = split_domains(meta_batch["domain"], self.meta.n_mtrain, self.meta.seed, ctx.iteration)
+        mtrain = split_domains(meta_batch["domain"], self.meta.n_mtrain, self.seed, ctx.iteration)
         self.transform.to(ctx.device)
         images = self.transform(meta_batch["image"])
         pids, domains = meta_batch["pid"], meta_batch["domain"]
         cfg = self.meta
         with running_stats_held(model):
             with ctx.autocast():
-                features = _loss_dtype(model(images[mtrain], pids[mtrain])["features"])
+                features = loss_dtype(model(images[mtrain], pids[mtrain])["features"])
             mtrain_terms = {
                 "scatter": cfg.scatter_weight * intra_domain_scatter_loss(features, domains[mtrain]),
                 "shuffle": cfg.shuffle_weight
@@ -257,7 +246,7 @@ class MetaBINMethod:
             virtual = {n: (g - beta * d).clamp(0.0, 1.0) for n, g, d in zip(names, gates, inner, strict=True)}
             with ctx.autocast():
                 out = functional_call(model, virtual, (images[~mtrain], pids[~mtrain]))
-            mtest_loss = self.triplet(_loss_dtype(out["features"]), pids[~mtrain])
+            mtest_loss = self.triplet(loss_dtype(out["features"]), pids[~mtrain])
             ctx.backward_and_step({"mtest_triplet": mtest_loss}, "rho", params=gates, sync_grads=True)
         clamp_gates_(model)
         logged = {f"mtrain_{k}": v.detach() for k, v in mtrain_terms.items()}

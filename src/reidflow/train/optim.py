@@ -30,7 +30,8 @@ class OptimizerConfig(StrictModel):
     ``include``/``exclude`` are regular expressions matched (``re.search``) against parameter names;
     a parameter is used when it matches any ``include`` pattern (all when empty) and no ``exclude``
     pattern. Biases (names ending in ``bias``) get ``lr * bias_lr_factor`` and ``weight_decay_bias``
-    (``weight_decay`` when null).
+    (``weight_decay`` when null). BIN/MetaBIN gates (names ending in ``.rho``) get
+    ``lr * gate_lr_factor`` and no weight decay (decay would pull every gate toward instance norm).
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -42,6 +43,7 @@ class OptimizerConfig(StrictModel):
     weight_decay: float = Field(5e-4, ge=0)
     bias_lr_factor: float = Field(1.0, gt=0)
     weight_decay_bias: float | None = Field(None, ge=0)
+    gate_lr_factor: float = Field(1.0, gt=0)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
 
@@ -177,17 +179,24 @@ def _selected(
     return chosen
 
 
+def _is_gate(name: str | None) -> bool:
+    return name is not None and (name == "rho" or name.endswith(".rho"))
+
+
 def build_optimizer(params: ParamsLike, cfg: OptimizerConfig) -> Optimizer:
     """An optimizer over ``params`` (module, parameters, or named parameters) with bias groups."""
     chosen = _selected(_named(params), cfg)
     bias_wd = cfg.weight_decay if cfg.weight_decay_bias is None else cfg.weight_decay_bias
-    regular = [p for name, p in chosen if not (name or "").endswith("bias")]
-    biases = [p for name, p in chosen if (name or "").endswith("bias")]
+    gates = [p for name, p in chosen if _is_gate(name)]
+    regular = [p for name, p in chosen if not _is_gate(name) and not (name or "").endswith("bias")]
+    biases = [p for name, p in chosen if not _is_gate(name) and (name or "").endswith("bias")]
     groups = []
     if regular:
         groups.append({"params": regular, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
     if biases:
         groups.append({"params": biases, "lr": cfg.lr * cfg.bias_lr_factor, "weight_decay": bias_wd})
+    if gates:
+        groups.append({"params": gates, "lr": cfg.lr * cfg.gate_lr_factor, "weight_decay": 0.0})
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adam":

@@ -17,7 +17,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from reidflow.config import StrictModel
-from reidflow.losses import CrossEntropyLabelSmooth, SoftmaxTripletLoss, TripletLoss
+from reidflow.errors import ConfigError
+from reidflow.losses import CrossEntropyLabelSmooth, SoftmaxTripletLoss, TripletLoss, dual_causality_loss
+from reidflow.models.norms import clamp_gates_
 from reidflow.train.engine import StepContext
 
 
@@ -27,12 +29,46 @@ class LossConfig(StrictModel):
     triplet: Literal["hard", "soft_margin", "softmax"] = "hard"
     triplet_weight: float = Field(1.0, ge=0)
     margin: float = Field(0.3, ge=0)
+    snr_weight: float = Field(0.05, ge=0, description="dual causality loss; models with model.snr_stages")
 
 
 def build_triplet(cfg: LossConfig) -> nn.Module:
     if cfg.triplet == "softmax":
         return SoftmaxTripletLoss(margin=cfg.margin)
     return TripletLoss(margin=cfg.margin, soft_margin=cfg.triplet == "soft_margin")
+
+
+def loss_dtype(t: Tensor) -> Tensor:
+    """Losses in float32 under AMP; double stays double (gradient checks)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+class SupervisedLoss:
+    """CE (label smoothing) + triplet on pre-BNNeck features [+ SNR's dual causality loss].
+
+    Called on a training-mode model output; returns the weighted terms by name and the logits.
+    """
+
+    def __init__(self, cfg: LossConfig, num_classes: int) -> None:
+        self.cfg = cfg
+        self.ce = CrossEntropyLabelSmooth(num_classes, epsilon=cfg.label_smoothing)
+        self.triplet = build_triplet(cfg)
+
+    def __call__(self, out: dict[str, Any], labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        logits, features = loss_dtype(out["logits"]), loss_dtype(out["features"])
+        terms: dict[str, Tensor] = {}
+        if self.cfg.ce_weight > 0:
+            terms["ce"] = self.cfg.ce_weight * self.ce(logits, labels)
+        if self.cfg.triplet_weight > 0:
+            terms["triplet"] = self.cfg.triplet_weight * self.triplet(features, labels)
+        if out.get("snr") and self.cfg.snr_weight > 0:
+            causality = [
+                dual_causality_loss(*(loss_dtype(t) for t in triple), labels) for triple in out["snr"]
+            ]
+            terms["snr"] = self.cfg.snr_weight * torch.stack(causality).sum()
+        if not terms:
+            raise ConfigError("loss: ce_weight and triplet_weight are both 0; nothing to train")
+        return terms, logits
 
 
 class TargetBatches:
@@ -65,9 +101,7 @@ class PretrainMethod:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.loss_cfg = loss
-        self.ce = CrossEntropyLabelSmooth(num_classes, epsilon=loss.label_smoothing)
-        self.triplet = build_triplet(loss)
+        self.loss = SupervisedLoss(loss, num_classes)
         self.transform = train_transform
         self.target = target
 
@@ -87,13 +121,9 @@ class PretrainMethod:
         model = ctx.module("model")
         with ctx.autocast():
             out = model(images, labels)
-        logits, features = out["logits"].float(), out["features"].float()
-        terms: dict[str, Tensor] = {}
-        if self.loss_cfg.ce_weight > 0:
-            terms["ce"] = self.loss_cfg.ce_weight * self.ce(logits, labels)
-        if self.loss_cfg.triplet_weight > 0:
-            terms["triplet"] = self.loss_cfg.triplet_weight * self.triplet(features, labels)
+        terms, logits = self.loss(out, labels)
         ctx.backward_and_step(terms, "model")
+        clamp_gates_(ctx.unwrap("model"))  # BIN gates (trained with θ here) stay in [0, 1]
         if self.target is not None:
             self._adapt_bn(ctx)
         acc = (logits.detach().argmax(1) == labels).float().mean()

@@ -1,0 +1,334 @@
+"""Stage ``metabin``: multi-source domain generalization with meta-learned batch-instance norm.
+
+Inputs: labelled source shards (``--input source=URI``, one domain per dataset; with
+``meta_batch.domains: camera`` a single source whose cameras act as domains) and, optionally,
+unseen target shards (``--input target=URI``) that are only *evaluated* (never read in training:
+that is the point of domain generalization). Output: a model artifact like ``pretrain``'s, plus the
+learned gates (``gates.json``, ``gates.png``).
+
+Algorithm 1 of MetaBIN (see :mod:`reidflow.train.metabin`): a base step on θ over P×K batches of all
+sources, then a meta step on the gates ρ over a domain-balanced batch split into meta-train and
+meta-test domains. The meta batch of iteration ``t`` is a pure function of ``(seed, t)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from reidflow.config import StrictModel, params_digest
+from reidflow.data.index import ShardIndex
+from reidflow.data.loader import IndexedImageDataset, make_train_loader
+from reidflow.data.meta_batches import DomainBalancedBatches
+from reidflow.data.opener import LocalOpener
+from reidflow.data.sampling import IdentityBatchSampler
+from reidflow.data.transforms import TransformConfig, build_train_transform
+from reidflow.errors import ConfigError, DataError
+from reidflow.models.artifact import save_model_artifact
+from reidflow.models.norms import gate_parameters, gate_statistics
+from reidflow.models.reid_model import ModelConfig, build_reid_model
+from reidflow.stages.evaluate import dataset_dirs
+from reidflow.stages.trained_model import (
+    QuickEvalConfig,
+    checkpoint_dir,
+    device_name,
+    final_losses,
+    quick_eval,
+    save_training_curve,
+)
+from reidflow.store.artifacts import open_input, write_artifact
+from reidflow.store.lineage import RunContext, now_iso
+from reidflow.train import distributed as ddp
+from reidflow.train.engine import Engine, EngineConfig, seed_everything
+from reidflow.train.metabin import CyclicInnerLR, MetaBINMethod, MetaStepConfig, build_metabin_optimizers
+from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_scheduler
+from reidflow.train.pretrain import LossConfig
+
+log = logging.getLogger(__name__)
+
+GATED_NORMS = ("metabin", "bin")
+LOSS_KEYS = ("ce", "triplet", "snr", "mtrain_scatter", "mtrain_shuffle", "mtrain_triplet", "mtest_triplet")
+
+
+def _dg_transforms() -> dict[str, Any]:
+    """REFERENCE.md's DG augmentation: resize, flip, pad 10 + random crop; nothing else."""
+    return {
+        "height": 256,
+        "width": 128,
+        "flip_p": 0.5,
+        "pad": 10,
+        "erasing_p": 0.0,
+        "jitter_p": 0.0,
+        "autoaugment": False,
+    }
+
+
+class BaseBatchConfig(StrictModel):
+    P: int = Field(20, ge=1, description="identities per global base batch (over all sources)")
+    K: int = Field(4, ge=1, description="images per identity")
+
+
+class MetaBatchConfig(StrictModel):
+    ids_per_domain: int = Field(4, ge=1)
+    K: int = Field(4, ge=1)
+    domains: Literal["dataset", "camera"] = Field(
+        "dataset", description="what a domain is: each source dataset, or each camera (single-source)"
+    )
+
+
+class InnerLRConfig(StrictModel):
+    """β = ρ lr × ratio, the ratio a triangular cycle from ``low`` to ``high`` and back."""
+
+    low: float = Field(1e-3, ge=0)
+    high: float = Field(1e-1, ge=0)
+    period_epochs: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InnerLRConfig:
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} must be <= high={self.high}")
+        return self
+
+
+class MetabinConfig(StrictModel):
+    seed: int = 0
+    name: str | None = Field(None, description="model name in reports (default: <backbone>-metabin)")
+    model: dict[str, Any] = Field(default_factory=lambda: {"backbone": "osnet_x0_25", "norm": "metabin"})
+    transforms: dict[str, Any] = Field(default_factory=_dg_transforms)
+    sampler: BaseBatchConfig = Field(default_factory=BaseBatchConfig)
+    meta_batch: MetaBatchConfig = Field(default_factory=MetaBatchConfig)
+    meta: MetaStepConfig = Field(default_factory=MetaStepConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(
+            name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, bias_lr_factor=2.0
+        )
+    )
+    scheduler: SchedulerConfig = Field(
+        default_factory=lambda: SchedulerConfig(
+            kind="multistep", unit="epoch", warmup=10, warmup_start_factor=0.01, milestones=[40, 70]
+        )
+    )
+    rho_lr_factor: float = Field(10.0, gt=0, description="gate lr = rho_lr_factor × optimizer.lr (constant)")
+    inner_lr: InnerLRConfig = Field(default_factory=InnerLRConfig)
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(epochs=100))
+    num_workers: int = Field(2, ge=0)
+    eval: QuickEvalConfig = Field(default_factory=QuickEvalConfig)
+    checkpoint_dir: str | None = Field(None, description="default: <output>.ckpt next to a local output")
+    keep_checkpoints: bool = False
+
+    @model_validator(mode="after")
+    def _validate_nested(self) -> MetabinConfig:
+        model = ModelConfig.from_mapping({**self.model, "num_classes": 1}, where="metabin.model")
+        if model.norm not in GATED_NORMS:
+            raise ValueError(
+                f"model.norm={model.norm!r}: MetaBIN meta-learns the gates of gated norm layers; "
+                f"expected one of {list(GATED_NORMS)} (train other norms with `reidflow pretrain`)"
+            )
+        TransformConfig.parse(self.transforms, where="metabin.transforms")
+        return self
+
+
+def run(
+    cfg: MetabinConfig,
+    sources: list[str],
+    targets: list[str],
+    output: str | Path,
+    ctx: RunContext | None = None,
+    resume: bool = False,
+    hooks: tuple[Any, ...] = (),
+) -> Path:
+    """Train and write the model artifact; under torchrun every rank trains and rank 0 writes."""
+    started = now_iso()
+    with ddp.distributed_session():
+        return _run(cfg, sources, targets, output, ctx, resume, hooks, started)
+
+
+def meta_domains(index: ShardIndex, kind: str) -> tuple[np.ndarray, list[str]]:
+    """Domain id of every row and the domain names: each dataset, or each ``dataset/c<camera>``."""
+    keys = (
+        list(index.domains)
+        if kind == "dataset"
+        else [f"{d}/c{c}" for d, c in zip(index.domains, index.camids)]
+    )
+    names = sorted(set(keys))
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.asarray([lookup[k] for k in keys], dtype=np.int64), names
+
+
+def _run(
+    cfg: MetabinConfig,
+    sources: list[str],
+    targets: list[str],
+    output: str | Path,
+    ctx: RunContext | None,
+    resume: bool,
+    hooks: tuple[Any, ...],
+    started: str,
+) -> Path:
+    if not sources:
+        raise ConfigError("metabin: expected at least one --input source=URI (labelled shards)")
+    source_inputs = [open_input(f"source{i}", uri) for i, uri in enumerate(sources)]
+    target_inputs = [open_input(f"target{i}", uri) for i, uri in enumerate(targets)]
+    source_dirs = [d for art in source_inputs for d in dataset_dirs(art)]
+    train = ShardIndex.load(source_dirs).filter(split="train")
+    labels, label_map = train.global_pids()
+    if len(label_map) < 2:
+        raise DataError(f"metabin: the training split has {len(label_map)} identities; need at least 2")
+    domains, domain_names = meta_domains(train, cfg.meta_batch.domains)
+    _check_domain_count(cfg, domain_names)
+    dist = ddp.current()
+    _check_meta_batch(cfg, dist.world_size)
+    tcfg = TransformConfig.parse(cfg.transforms, where="metabin.transforms")
+    model_cfg = ModelConfig.from_mapping({**cfg.model, "num_classes": len(label_map)}, where="metabin.model")
+    seed_everything(cfg.seed)  # the random initialization is part of the run: same seed, same weights
+    model = build_reid_model(model_cfg)
+    dataset = IndexedImageDataset(train, LocalOpener(train.root), tcfg.height, tcfg.width, labels=labels)
+    sampler = IdentityBatchSampler(
+        labels, cfg.sampler.P, cfg.sampler.K, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
+    )
+    loader = make_train_loader(
+        dataset, sampler, num_workers=cfg.num_workers, pin_memory=device_name(cfg.engine) == "cuda"
+    )
+    meta_batches = DomainBalancedBatches(
+        dataset.__getitem__,
+        labels,
+        domains,
+        cfg.meta_batch.ids_per_domain,
+        cfg.meta_batch.K,
+        seed=cfg.seed + 1,  # a different stream from the base sampler's
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
+    rho_lr = cfg.rho_lr_factor * cfg.optimizer.lr
+    theta_opt, rho_opt = build_metabin_optimizers(model, cfg.optimizer, rho_lr)
+    inner = CyclicInnerLR(
+        rho_lr,
+        cfg.inner_lr.low,
+        cfg.inner_lr.high,
+        period_iters=max(2, round(cfg.inner_lr.period_epochs * iters_per_epoch)),
+    )
+    method = MetaBINMethod(
+        model,
+        theta_opt,
+        rho_opt,
+        build_scheduler(theta_opt, cfg.scheduler, iters_per_epoch),
+        build_scheduler(rho_opt, SchedulerConfig(kind="constant"), iters_per_epoch),
+        cfg.loss,
+        len(label_map),
+        build_train_transform(tcfg),
+        meta_batches,
+        inner,
+        cfg.meta,
+        seed=cfg.seed,
+    )
+    log.info(
+        "metabin: %d images, %d identities, %d meta domains %s, %d gated layers",
+        len(train),
+        len(label_map),
+        len(domain_names),
+        domain_names,
+        len(gate_parameters(model)),
+    )
+    ckpt_dir = checkpoint_dir(cfg.checkpoint_dir, output)
+    engine = Engine(method, loader, cfg.engine, checkpoint_dir=ckpt_dir, hooks=hooks)
+    result = engine.fit(resume=resume)
+    if not dist.is_main:
+        ddp.barrier()
+        return Path(str(output))
+    resolved = cfg.model_dump(mode="json")
+    with write_artifact(
+        output,
+        kind="model",
+        stage="metabin",
+        params=resolved,
+        params_digest=params_digest(resolved),
+        seed=cfg.seed,
+        inputs=[*source_inputs, *target_inputs],
+        ctx=ctx,
+        started=started,
+    ) as art:
+        art.device = str(engine.device)
+        save_model_artifact(
+            art.path,
+            model,
+            model_cfg,
+            height=tcfg.height,
+            width=tcfg.width,
+            mean=tcfg.mean,
+            std=tcfg.std,
+            extra={
+                "name": cfg.name or f"{model_cfg.backbone}-{model_cfg.norm}",
+                "labels": "identity",
+                "label_map": None,
+                "num_train_images": len(train),
+                "meta_domains": domain_names,
+            },
+        )
+        save_training_curve(art.path, result.history, LOSS_KEYS, "lr/theta")
+        gates = _save_gates(art.path, model)
+        metrics: dict[str, Any] = {
+            "train": {
+                "iterations": result.final_iteration,
+                "images_per_s": round(result.samples_per_s, 2),
+                "wall_time_s": round(result.wall_time_s, 1),
+                "final": final_losses(result.history, (*LOSS_KEYS, "acc")),
+            },
+            "gates": gates,
+        }
+        if cfg.eval.enabled:
+            target_dirs = [d for art_in in target_inputs for d in dataset_dirs(art_in)]
+            metrics["eval"] = quick_eval(
+                model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, str(engine.device)
+            )
+        art.metrics = metrics
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ddp.barrier()
+    return Path(str(output))
+
+
+def _check_domain_count(cfg: MetabinConfig, domain_names: list[str]) -> None:
+    needed = cfg.meta.n_mtrain + 1
+    if len(domain_names) < needed:
+        hint = (
+            "give more --input source=URI datasets or set metabin.meta_batch.domains=camera (single-source mode)"
+            if cfg.meta_batch.domains == "dataset"
+            else "the sources have too few cameras"
+        )
+        raise ConfigError(
+            f"metabin: meta.n_mtrain={cfg.meta.n_mtrain} needs at least {needed} domains (meta-train + "
+            f"meta-test), found {len(domain_names)} {domain_names}; {hint}"
+        )
+
+
+def _check_meta_batch(cfg: MetabinConfig, world_size: int) -> None:
+    """Each rank's meta batch needs >= 2 ids per domain (shuffle-loss negatives) and >= 2 images per id."""
+    mb = cfg.meta_batch
+    if mb.K < 2:
+        raise ConfigError(f"metabin.meta_batch.K={mb.K}: the triplet losses need >= 2 images per identity")
+    if mb.ids_per_domain % world_size or mb.ids_per_domain // world_size < 2:
+        raise ConfigError(
+            f"metabin.meta_batch.ids_per_domain={mb.ids_per_domain} with {world_size} process(es): expected a "
+            f"multiple of the process count giving >= 2 identities per domain on every process (the shuffle "
+            f"loss needs a same-domain negative); use ids_per_domain >= {2 * world_size}"
+        )
+
+
+def _save_gates(directory: Path, model: Any) -> dict[str, Any]:
+    """``gates.json`` (per-layer ρ statistics) and ``gates.png``; returns the summary for metrics."""
+    from reidflow.eval.plots import gate_profile
+
+    layers = gate_statistics(model)
+    (directory / "gates.json").write_text(json.dumps(layers, indent=1) + "\n")
+    gate_profile(layers, directory / "gates.png", "learned BN/IN gates")
+    channels = sum(int(g["channels"]) for g in layers)
+    mean = sum(float(g["mean"]) * int(g["channels"]) for g in layers) / max(channels, 1)
+    return {"layers": len(layers), "channels": channels, "mean_rho": round(mean, 4)}
