@@ -210,6 +210,36 @@ def metabin(
     err_console.print(f"[green]{section_name}[/green]: wrote {out}")
 
 
+@app.command("dg-benchmark")
+def dg_benchmark(
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="where data, shards and trained runs are kept")
+    ] = Path("artifacts/dg_benchmark"),
+    output: Annotated[
+        str | None, typer.Option("--output", help="report artifact URI (default: <workdir>/report)")
+    ] = None,
+    table: Annotated[
+        Path | None, typer.Option("--table", help="also write the Markdown table (+ plot) here")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """Train every normalization variant x seed on the synthetic DG sources and tabulate unseen-domain results."""
+    import shlex
+    import sys
+
+    from reidflow.config import section
+    from reidflow.stages import dg_benchmark as stage
+
+    raw = _load(params, set_)
+    cfg = section(raw, "dg_benchmark", stage.DGBenchmarkConfig, source=str(params))
+    command = "reidflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = stage.run(cfg, workdir, output, _ctx(orchestrator, stage_name), command=command, table=table)
+    err_console.print(f"[green]dg-benchmark[/green]: wrote {out}" + (f" and {table}" if table else ""))
+
+
 @app.command()
 def evaluate(
     output: OutputOpt,

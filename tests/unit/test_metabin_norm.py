@@ -111,3 +111,42 @@ def test_backbones_build_every_norm_as_metabin(name):
     metabin = [m for m in backbone.modules() if isinstance(m, MetaBatchInstanceNorm2d)]
     assert metabin and len(norms2d) == len(metabin), "every 2-d norm is a MetaBIN layer (its BN branch aside)"
     assert backbone(torch.randn(2, 3, 64, 32)).ndim == 4
+
+
+@pytest.mark.parametrize("mode", ["train", "held", "eval"])
+def test_fused_forward_equals_the_two_branch_definition(mode: str):
+    """Outputs, input/parameter gradients and running statistics of the fused path match the definition."""
+    fused, reference = layer(0.6), layer(0.6)
+    with torch.no_grad():
+        fused.rho.copy_(torch.tensor([0.0, 0.3, 0.8, 1.0]))
+        fused.bn.running_mean.uniform_(-1, 1)
+        fused.bn.running_var.uniform_(0.5, 2)
+    reference.load_state_dict(fused.state_dict())
+    x = (torch.randn(6, 4, 7, 5, dtype=torch.float64) * 2 + 1).requires_grad_()
+    fused, reference = fused.double(), reference.double()
+    if mode == "eval":
+        fused.eval(), reference.eval()
+    fused.hold_running_stats = reference.hold_running_stats = mode == "held"
+    grads = []
+    weights = torch.randn(x.shape, dtype=x.dtype)
+    for m, forward in ((fused, fused._fused), (reference, reference._two_branch)):
+        out = forward(x)
+        g = torch.autograd.grad(
+            (out * weights).sum(), [x, m.rho, m.bn.weight, m.bn.bias, m.in_weight, m.in_bias]
+        )
+        grads.append((out.detach(), g))
+    (out_f, g_f), (out_r, g_r) = grads
+    torch.testing.assert_close(out_f, out_r)
+    for a, b in zip(g_f, g_r, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(fused.bn.running_mean, reference.bn.running_mean)
+    torch.testing.assert_close(fused.bn.running_var, reference.bn.running_var)
+    assert fused.bn.num_batches_tracked == reference.bn.num_batches_tracked == (1 if mode == "train" else 0)
+
+
+def test_fused_forward_keeps_the_input_dtype_and_rejects_other_ranks():
+    m = layer(0.5)
+    out = m(torch.randn(4, 4, 3, 3).to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="N×C×H×W"):
+        m(torch.randn(4, 4, 3))

@@ -154,8 +154,52 @@ class MetaBatchInstanceNorm2d(nn.Module):
         self.in_bias = nn.Parameter(torch.zeros(num_features))
         self.rho = nn.Parameter(torch.full((num_features,), float(rho_init)))
         self.hold_running_stats = False
+        self.twice_differentiable = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.twice_differentiable or (
+            isinstance(self.bn, nn.SyncBatchNorm) and self.training and not self.hold_running_stats
+        ):
+            return self._two_branch(x)  # double backward / batch statistics across processes
+        return self._fused(x)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass forward, two reductions + one pass backward (:mod:`reidflow.models.fused_metabin`)."""
+        from reidflow.models.fused_metabin import MetaBINFunction
+
+        if x.dim() != 4:
+            raise ConfigError(f"norm 'metabin': expected an N×C×H×W input, got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        bn = self.bn
+        use_batch = self.training or bn.running_mean is None
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        y, mean_b, var_b = MetaBINFunction.apply(
+            xf,
+            self.rho,
+            bn.weight,
+            bn.bias,
+            self.in_weight,
+            self.in_bias,
+            None if use_batch else bn.running_mean,
+            None if use_batch else bn.running_var,
+            self.eps,
+        )
+        if self.training and not self.hold_running_stats and bn.running_mean is not None:
+            self._update_running_stats(mean_b, var_b, n * h * w)
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """What BatchNorm2d does in training: unbiased variance, momentum (or cumulative) average."""
+        bn = self.bn
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+
+    def _two_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The definition, term by term (used with SyncBatchNorm, and as the tests' reference)."""
         if self.training and self.hold_running_stats:  # batch statistics, running ones untouched
             x_batch = F.batch_norm(x, None, None, self.bn.weight, self.bn.bias, training=True, eps=self.eps)
         else:
@@ -179,6 +223,20 @@ def clamp_gates_(model: nn.Module) -> None:
         for module in model.modules():
             if isinstance(module, _GATED):
                 module.rho.clamp_(0.0, 1.0)
+
+
+@contextmanager
+def twice_differentiable(model: nn.Module) -> Iterator[None]:
+    """MetaBIN layers inside use the composed (slower) forward, whose backward can be differentiated
+    again: what a second-order meta step needs. The default fused forward is first-order only."""
+    layers = [m for m in model.modules() if isinstance(m, MetaBatchInstanceNorm2d)]
+    for m in layers:
+        m.twice_differentiable = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.twice_differentiable = False
 
 
 def gate_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

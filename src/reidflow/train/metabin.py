@@ -20,6 +20,7 @@ restricting backward to θ or ρ would leave DDP waiting for the other group's g
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ from torch.func import functional_call
 from reidflow.config import StrictModel
 from reidflow.errors import ConfigError
 from reidflow.losses import inter_domain_shuffle_loss, intra_domain_scatter_loss
-from reidflow.models.norms import clamp_gates_, gate_parameters, running_stats_held
+from reidflow.models.norms import clamp_gates_, gate_parameters, running_stats_held, twice_differentiable
 from reidflow.train.engine import StepContext
 from reidflow.train.optim import OptimizerConfig, build_optimizer
 from reidflow.train.pretrain import LossConfig, SupervisedLoss, build_triplet, loss_dtype
@@ -226,7 +227,8 @@ class MetaBINMethod:
         images = self.transform(meta_batch["image"])
         pids, domains = meta_batch["pid"], meta_batch["domain"]
         cfg = self.meta
-        with running_stats_held(model):
+        second = twice_differentiable(model) if cfg.second_order else contextlib.nullcontext()
+        with running_stats_held(model), second:
             with ctx.autocast():
                 features = loss_dtype(model(images[mtrain], pids[mtrain])["features"])
             mtrain_terms = {
