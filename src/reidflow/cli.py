@@ -146,28 +146,16 @@ def pretrain(
     stage_name: StageNameOpt = None,
 ) -> None:
     """Supervised training on labelled source shards (--input source=URI ..., optional --input target=URI)."""
-    from reidflow.config import section
-    from reidflow.obs.train_hook import PrometheusHook
     from reidflow.stages import pretrain as stage
 
-    overrides = list(set_ or [])
-    if backbone:
-        overrides.append(f"{section_name}.model.backbone={backbone}")
-    raw = _load(params, overrides)
-    cfg = section(raw, section_name, stage.PretrainConfig, source=str(params))
-    inputs = _inputs(input_)
-    _reject_unknown_inputs(inputs, {"source", "target"})
-    with _observed(section_name, _instance(output), metrics_port) as metrics:
-        out = stage.run(
-            cfg,
-            inputs.get("source", []),
-            (inputs.get("target") or [None])[0],
-            output,
-            _ctx(orchestrator, stage_name),
-            resume=resume,
-            hooks=(PrometheusHook(metrics),),
-        )
-    err_console.print(f"[green]{section_name}[/green]: wrote {out}")
+    def train(cfg: Any, inputs: dict[str, list[str]], ctx: Any, hooks: tuple[Any, ...]) -> Path:
+        target = (inputs.get("target") or [None])[0]
+        return stage.run(cfg, inputs.get("source", []), target, output, ctx, resume=resume, hooks=hooks)
+
+    _run_training(
+        section_name, stage.PretrainConfig, train, params, set_, backbone, input_, output, metrics_port,
+        orchestrator, stage_name,
+    )  # fmt: skip
 
 
 @app.command()
@@ -186,27 +174,43 @@ def metabin(
     stage_name: StageNameOpt = None,
 ) -> None:
     """MetaBIN domain generalization (--input source=URI ..., optional unseen --input target=URI ... for eval only)."""
+    from reidflow.stages import metabin as stage
+
+    def train(cfg: Any, inputs: dict[str, list[str]], ctx: Any, hooks: tuple[Any, ...]) -> Path:
+        targets = inputs.get("target", [])
+        return stage.run(cfg, inputs.get("source", []), targets, output, ctx, resume=resume, hooks=hooks)
+
+    _run_training(
+        section_name, stage.MetabinConfig, train, params, set_, backbone, input_, output, metrics_port,
+        orchestrator, stage_name,
+    )  # fmt: skip
+
+
+def _run_training(
+    section_name: str,
+    config_type: type,
+    train: Any,
+    params: Path,
+    set_: list[str] | None,
+    backbone: str | None,
+    input_: list[str] | None,
+    output: str,
+    metrics_port: int | None,
+    orchestrator: str | None,
+    stage_name: str | None,
+) -> None:
+    """What every training command shares: params (+ --backbone), inputs source/target, metrics, hooks."""
     from reidflow.config import section
     from reidflow.obs.train_hook import PrometheusHook
-    from reidflow.stages import metabin as stage
 
     overrides = list(set_ or [])
     if backbone:
         overrides.append(f"{section_name}.model.backbone={backbone}")
-    raw = _load(params, overrides)
-    cfg = section(raw, section_name, stage.MetabinConfig, source=str(params))
+    cfg = section(_load(params, overrides), section_name, config_type, source=str(params))
     inputs = _inputs(input_)
     _reject_unknown_inputs(inputs, {"source", "target"})
     with _observed(section_name, _instance(output), metrics_port) as metrics:
-        out = stage.run(
-            cfg,
-            inputs.get("source", []),
-            inputs.get("target", []),
-            output,
-            _ctx(orchestrator, stage_name),
-            resume=resume,
-            hooks=(PrometheusHook(metrics),),
-        )
+        out = train(cfg, inputs, _ctx(orchestrator, stage_name), (PrometheusHook(metrics),))
     err_console.print(f"[green]{section_name}[/green]: wrote {out}")
 
 

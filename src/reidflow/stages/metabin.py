@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from reidflow.config import StrictModel, params_digest
+from reidflow.config import StrictModel
 from reidflow.data.index import ShardIndex
 from reidflow.data.loader import IndexedImageDataset, make_train_loader
 from reidflow.data.meta_batches import DomainBalancedBatches
@@ -30,19 +30,18 @@ from reidflow.data.opener import LocalOpener
 from reidflow.data.sampling import IdentityBatchSampler
 from reidflow.data.transforms import TransformConfig, build_train_transform
 from reidflow.errors import ConfigError, DataError
-from reidflow.models.artifact import save_model_artifact
 from reidflow.models.norms import gate_parameters, gate_statistics
 from reidflow.models.reid_model import ModelConfig, build_reid_model
 from reidflow.stages.evaluate import dataset_dirs
 from reidflow.stages.trained_model import (
     QuickEvalConfig,
+    TrainedModel,
     checkpoint_dir,
     device_name,
-    final_losses,
     quick_eval,
-    save_training_curve,
+    write_trained_model,
 )
-from reidflow.store.artifacts import open_input, write_artifact
+from reidflow.store.artifacts import open_input
 from reidflow.store.lineage import RunContext, now_iso
 from reidflow.train import distributed as ddp
 from reidflow.train.engine import Engine, EngineConfig, seed_everything
@@ -243,52 +242,35 @@ def _run(
     if not dist.is_main:
         ddp.barrier()
         return Path(str(output))
-    resolved = cfg.model_dump(mode="json")
-    with write_artifact(
+    extra = {
+        "name": cfg.name or f"{model_cfg.backbone}-{model_cfg.norm}",
+        "labels": "identity",
+        "label_map": None,
+        "num_train_images": len(train),
+        "meta_domains": domain_names,
+    }
+
+    def gates_and_evaluation(directory: Path) -> dict[str, Any]:
+        more: dict[str, Any] = {"gates": _save_gates(directory, model)}
+        if cfg.eval.enabled:
+            target_dirs = [d for art_in in target_inputs for d in dataset_dirs(art_in)]
+            device = str(engine.device)
+            more["eval"] = quick_eval(model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, device)
+        return more
+
+    write_trained_model(
         output,
-        kind="model",
+        TrainedModel(model, model_cfg, tcfg, result, str(engine.device), extra),
         stage="metabin",
-        params=resolved,
-        params_digest=params_digest(resolved),
+        cfg=cfg,
         seed=cfg.seed,
         inputs=[*source_inputs, *target_inputs],
         ctx=ctx,
         started=started,
-    ) as art:
-        art.device = str(engine.device)
-        save_model_artifact(
-            art.path,
-            model,
-            model_cfg,
-            height=tcfg.height,
-            width=tcfg.width,
-            mean=tcfg.mean,
-            std=tcfg.std,
-            extra={
-                "name": cfg.name or f"{model_cfg.backbone}-{model_cfg.norm}",
-                "labels": "identity",
-                "label_map": None,
-                "num_train_images": len(train),
-                "meta_domains": domain_names,
-            },
-        )
-        save_training_curve(art.path, result.history, LOSS_KEYS, "lr/theta")
-        gates = _save_gates(art.path, model)
-        metrics: dict[str, Any] = {
-            "train": {
-                "iterations": result.final_iteration,
-                "images_per_s": round(result.samples_per_s, 2),
-                "wall_time_s": round(result.wall_time_s, 1),
-                "final": final_losses(result.history, (*LOSS_KEYS, "acc")),
-            },
-            "gates": gates,
-        }
-        if cfg.eval.enabled:
-            target_dirs = [d for art_in in target_inputs for d in dataset_dirs(art_in)]
-            metrics["eval"] = quick_eval(
-                model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, str(engine.device)
-            )
-        art.metrics = metrics
+        losses=LOSS_KEYS,
+        lr_key="lr/theta",
+        more_metrics=gates_and_evaluation,
+    )
     if not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     ddp.barrier()

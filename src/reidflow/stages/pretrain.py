@@ -14,25 +14,24 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from reidflow.config import StrictModel, params_digest
+from reidflow.config import StrictModel
 from reidflow.data.index import ShardIndex
 from reidflow.data.loader import IndexedImageDataset, make_train_loader
 from reidflow.data.opener import LocalOpener
 from reidflow.data.sampling import CameraAwareBatchSampler, IdentityBatchSampler
 from reidflow.data.transforms import TransformConfig, build_train_transform
 from reidflow.errors import ConfigError, DataError
-from reidflow.models.artifact import save_model_artifact
 from reidflow.models.reid_model import ModelConfig, build_reid_model
 from reidflow.stages.evaluate import dataset_dirs
 from reidflow.stages.trained_model import (
     QuickEvalConfig,
+    TrainedModel,
     checkpoint_dir,
     device_name,
-    final_losses,
     quick_eval,
-    save_training_curve,
+    write_trained_model,
 )
-from reidflow.store.artifacts import InputArtifact, open_input, write_artifact
+from reidflow.store.artifacts import InputArtifact, open_input
 from reidflow.store.lineage import RunContext, now_iso
 from reidflow.train import distributed as ddp
 from reidflow.train.engine import Engine, EngineConfig, seed_everything
@@ -146,51 +145,36 @@ def _run(
     if not dist.is_main:
         ddp.barrier()
         return Path(str(output))
-    resolved = cfg.model_dump(mode="json")
     inputs: list[InputArtifact] = [*source_inputs, *([target_input] if target_input else [])]
     name = cfg.name or (model_cfg.backbone if cfg.labels == "identity" else f"camera-{model_cfg.backbone}")
-    with write_artifact(
+    extra = {
+        "name": name,
+        "labels": cfg.labels,
+        "label_map": label_map if cfg.labels == "camera" else None,
+        "num_train_images": len(train),
+    }
+
+    def evaluation(_: Path) -> dict[str, Any]:
+        if not (cfg.eval.enabled and cfg.labels == "identity"):
+            return {}
+        target_dirs = dataset_dirs(target_input) if target_input else []
+        return {
+            "eval": quick_eval(model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, str(engine.device))
+        }
+
+    write_trained_model(
         output,
-        kind="model",
+        TrainedModel(model, model_cfg, tcfg, result, str(engine.device), extra),
         stage="pretrain",
-        params=resolved,
-        params_digest=params_digest(resolved),
+        cfg=cfg,
         seed=cfg.seed,
         inputs=inputs,
         ctx=ctx,
         started=started,
-    ) as art:
-        art.device = str(engine.device)
-        save_model_artifact(
-            art.path,
-            model,
-            model_cfg,
-            height=tcfg.height,
-            width=tcfg.width,
-            mean=tcfg.mean,
-            std=tcfg.std,
-            extra={
-                "name": name,
-                "labels": cfg.labels,
-                "label_map": label_map if cfg.labels == "camera" else None,
-                "num_train_images": len(train),
-            },
-        )
-        save_training_curve(art.path, result.history, ("ce", "triplet"), "lr/model")
-        metrics: dict[str, Any] = {
-            "train": {
-                "iterations": result.final_iteration,
-                "images_per_s": round(result.samples_per_s, 2),
-                "wall_time_s": round(result.wall_time_s, 1),
-                "final": final_losses(result.history, ("ce", "triplet", "acc")),
-            }
-        }
-        if cfg.eval.enabled and cfg.labels == "identity":
-            target_dirs = dataset_dirs(target_input) if target_input else []
-            metrics["eval"] = quick_eval(
-                model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, str(engine.device)
-            )
-        art.metrics = metrics
+        losses=("ce", "triplet", "snr"),
+        lr_key="lr/model",
+        more_metrics=evaluation,
+    )
     if ckpt_dir is not None and not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     ddp.barrier()

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from reidflow.config import StrictModel
+from reidflow.config import StrictModel, params_digest
 from reidflow.data.index import ShardIndex
 from reidflow.data.transforms import TransformConfig
 from reidflow.train.engine import EngineConfig
@@ -108,3 +109,66 @@ def quick_eval(
         groups[group].append(per_dataset[ddir.name]["mAP"])
     summary = {f"{g}_mAP": round(float(np.mean(v)), 4) for g, v in groups.items() if v}
     return {"datasets": per_dataset, **summary}
+
+
+@dataclass
+class TrainedModel:
+    """A finished training run, ready to be written as a model artifact."""
+
+    model: Any
+    model_cfg: Any  # reidflow.models.reid_model.ModelConfig
+    transforms: TransformConfig
+    result: Any  # reidflow.train.engine.TrainResult
+    device: str
+    extra: dict[str, Any] = field(default_factory=dict)  # goes into model.json
+
+
+def write_trained_model(
+    output: str | Path,
+    run: TrainedModel,
+    *,
+    stage: str,
+    cfg: StrictModel,
+    seed: int,
+    inputs: Sequence[Any],
+    ctx: Any,
+    started: str,
+    losses: Sequence[str],
+    lr_key: str,
+    more_metrics: Callable[[Path], dict[str, Any]] | None = None,
+) -> None:
+    """The model artifact of a training stage: weights + model.json, the training curve and
+    ``metrics.json`` (training summary, plus whatever ``more_metrics(artifact_dir)`` adds and writes)."""
+    from reidflow.models.artifact import save_model_artifact
+    from reidflow.store.artifacts import write_artifact
+
+    resolved = cfg.model_dump(mode="json")
+    tcfg = run.transforms
+    with write_artifact(
+        output,
+        kind="model",
+        stage=stage,
+        params=resolved,
+        params_digest=params_digest(resolved),
+        seed=seed,
+        inputs=list(inputs),
+        ctx=ctx,
+        started=started,
+    ) as art:
+        art.device = run.device
+        save_model_artifact(
+            art.path, run.model, run.model_cfg, height=tcfg.height, width=tcfg.width, mean=tcfg.mean,
+            std=tcfg.std, extra=run.extra,
+        )  # fmt: skip
+        save_training_curve(art.path, run.result.history, losses, lr_key)
+        metrics: dict[str, Any] = {
+            "train": {
+                "iterations": run.result.final_iteration,
+                "images_per_s": round(run.result.samples_per_s, 2),
+                "wall_time_s": round(run.result.wall_time_s, 1),
+                "final": final_losses(run.result.history, (*losses, "acc")),
+            }
+        }
+        if more_metrics is not None:
+            metrics.update(more_metrics(art.path))
+        art.metrics = metrics
