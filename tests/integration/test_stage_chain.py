@@ -158,6 +158,10 @@ def test_bad_input_errors_are_clear(chain):
         "evaluate", "--output", "x", "--input", "modle=artifacts/models/camera", cwd=chain, check=False
     )
     assert bad.returncode == 2 and "unknown input name" in bad.stderr
+    twice = ["--input", "eval=artifacts/shards/target_city"] * 2
+    bad = reidflow("evaluate", "--output", "x", "--input", "model=artifacts/models/osnet_x0_25", *twice,
+                   "--set", "evaluate.camera.enabled=false", cwd=chain, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "dataset 'target_city' is in two evaluation inputs" in bad.stderr
     assert not (chain / "x").exists()
 
 

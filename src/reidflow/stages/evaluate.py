@@ -110,6 +110,7 @@ def run(
     camera_input = open_input("camera", camera_model) if cfg.camera.enabled and camera_model else None
     camera = load_model_artifact(camera_input.path, device) if camera_input else None
     set_inputs = [open_input(f"eval{i}", uri) for i, uri in enumerate(eval_sets)]
+    _check_unique_datasets(set_inputs)
     loaded = [(_model_name(m, i), *load_model_artifact(m.path, device)) for i, m in enumerate(model_inputs)]
     names = [n for n, _, _ in loaded]
     if len(set(names)) != len(names):
@@ -229,6 +230,19 @@ def run(
             sections,
         )
     return Path(str(output))
+
+
+def _check_unique_datasets(set_inputs: list[InputArtifact]) -> None:
+    """Results are keyed by dataset name: two evaluation sets holding the same name would collide."""
+    seen: dict[str, str] = {}
+    for art in set_inputs:
+        for ddir in dataset_dirs(art):
+            if ddir.name in seen:
+                raise ConfigError(
+                    f"evaluate: dataset {ddir.name!r} is in two evaluation inputs ({seen[ddir.name]} and "
+                    f"{art.uri}); results are keyed by dataset name, so give each set a distinct name"
+                )
+            seen[ddir.name] = art.uri
 
 
 def _camera_covers(meta: dict[str, Any], index: ShardIndex) -> bool:
