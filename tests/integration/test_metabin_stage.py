@@ -70,8 +70,15 @@ def test_metabin_artifact_gates_metrics_and_lineage(project):
 
 
 def test_resume_continues_exactly(project):
-    """Interrupted at iteration 2 and resumed to 4 gives the bytes of an uninterrupted 4-iteration run."""
-    common = [*_inputs(*SOURCES, target=False), "--set", "metabin.eval.enabled=false"]
+    """Interrupted at iteration 2 and resumed to 4 gives the bytes of an uninterrupted 4-iteration run
+    (with base and meta batches decoded ahead by a loader worker, as on a GPU machine)."""
+    common = [
+        *_inputs(*SOURCES, target=False),
+        "--set",
+        "metabin.eval.enabled=false",
+        "--set",
+        "metabin.num_workers=1",
+    ]
     reidflow("metabin", "--output", "artifacts/models/full", *common, "--set", "metabin.engine.max_iters=4",
              cwd=project, env=ENV)  # fmt: skip
     part = [*common, "--set", "metabin.keep_checkpoints=true"]

@@ -90,24 +90,22 @@ class _EpochBatchSampler:
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose deterministic plan the next ``__iter__`` yields."""
+        """Select the epoch whose deterministic plan the next ``__iter__`` yields (and clear any skip)."""
         if epoch < 0:
             raise ConfigError(f"sampler epoch={epoch}: expected >= 0")
         self.epoch = int(epoch)
+        self._skip = 0
 
     def skip(self, num_batches: int) -> None:
-        """Make the next ``__iter__`` start after ``num_batches`` batches of the current epoch.
+        """Make iterations of the current epoch start after its first ``num_batches`` batches.
 
-        Applies once (to the next iteration only); used to resume mid-epoch. ``__len__`` keeps
-        reporting the full epoch length.
+        Used to resume mid-epoch; holds until the next :meth:`set_epoch`, because a multi-worker
+        DataLoader iterates its batch sampler twice when it starts (a one-shot skip would be spent
+        on the first, discarded iterator). ``__len__`` keeps reporting the full epoch length.
         """
         if not 0 <= num_batches <= len(self):
             raise ConfigError(f"sampler skip({num_batches}): expected 0 <= num_batches <= {len(self)}")
         self._skip = int(num_batches)
-
-    def _take_skip(self) -> int:
-        start, self._skip = self._skip, 0
-        return start
 
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch))
@@ -142,7 +140,7 @@ class _GroupedPKSampler(_EpochBatchSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         # Eager (not a generator): the epoch and skip in effect when iter() is called are used.
-        start = self._take_skip()
+        start = self._skip
         plan = self._plan(self._rng())
         low = self.rank * self.ids_per_rank
         mine = plan[start:, :, low : low + self.ids_per_rank, :]
@@ -335,7 +333,7 @@ class SequentialSampler(_EpochBatchSampler):
         return (self.per_rank + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        start = self._take_skip()
+        start = self._skip
         rows = self.indices()
         size = self.batch_size
         return iter([rows[b * size : (b + 1) * size] for b in range(start, len(self))])

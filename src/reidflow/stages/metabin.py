@@ -196,7 +196,7 @@ def _run(
         dataset, sampler, num_workers=cfg.num_workers, pin_memory=device_name(cfg.engine) == "cuda"
     )
     meta_batches = DomainBalancedBatches(
-        dataset.__getitem__,
+        dataset,
         labels,
         domains,
         cfg.meta_batch.ids_per_domain,
@@ -204,6 +204,8 @@ def _run(
         seed=cfg.seed + 1,  # a different stream from the base sampler's
         rank=dist.rank,
         world_size=dist.world_size,
+        num_workers=cfg.num_workers,
+        pin_memory=device_name(cfg.engine) == "cuda",
     )
     iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
     rho_lr = cfg.rho_lr_factor * cfg.optimizer.lr
