@@ -17,6 +17,17 @@ def repo_params() -> dict[str, Any]:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+TINY_DOMAIN = {
+    "identities": 10,
+    "cameras": 3,
+    "cameras_per_identity": [2, 3],
+    "distractors": 4,
+    "images_per_identity_camera": [2, 3],
+    "image": {"height": 64, "width": 32},
+}
+"""Synth overrides for a domain of seconds: 10 identities over 3 cameras at 64x32."""
+
+
 def tiny_params(data_root: str = "data/synth", all_domains: bool = False) -> dict[str, Any]:
     """params.yaml shrunk to seconds: few identities, 64x32 images, few iterations.
 
@@ -24,14 +35,7 @@ def tiny_params(data_root: str = "data/synth", all_domains: bool = False) -> dic
     which dvc.yaml names explicitly.
     """
     p = copy.deepcopy(repo_params())
-    small = {
-        "identities": 10,
-        "cameras": 3,
-        "cameras_per_identity": [2, 3],
-        "distractors": 4,
-        "images_per_identity_camera": [2, 3],
-        "image": {"height": 64, "width": 32},
-    }
+    small = copy.deepcopy(TINY_DOMAIN)
     names = list(p["datasets"]) if all_domains else ["mall_warm", "night_station", "target_city"]
     p["synth"] = {
         "seed": 0,

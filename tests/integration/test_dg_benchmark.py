@@ -10,18 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import reidflow, repo_params, write_params
+from tests.helpers import TINY_DOMAIN, reidflow, repo_params, write_params
 
 pytestmark = pytest.mark.integration
 ENV = {**os.environ, "REIDFLOW_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-TINY = {
-    "identities": 10,
-    "cameras": 3,
-    "cameras_per_identity": [2, 3],
-    "distractors": 0,
-    "images_per_identity_camera": [2, 3],
-    "image": {"height": 64, "width": 32},
-}
+TINY = {**TINY_DOMAIN, "distractors": 0}
 
 
 def tiny_benchmark() -> dict:

@@ -158,6 +158,13 @@ class ShardIndex:
         names = {name: i for i, name in enumerate(self.domain_names)}
         return np.asarray([names[d] for d in self.domains.tolist()], dtype=np.int64)
 
+    def camera_groups(self) -> tuple[np.ndarray, list[str]]:
+        """Every row's camera as an id into the sorted names ``<domain>/c<camid>`` (camera ids are per domain)."""
+        keys = [f"{d}/c{c}" for d, c in zip(self.domains.tolist(), self.camids.tolist(), strict=True)]
+        names = sorted(set(keys))
+        lookup = {name: i for i, name in enumerate(names)}
+        return np.asarray([lookup[k] for k in keys], dtype=np.int64), names
+
     def global_pids(self) -> tuple[np.ndarray, dict[str, int]]:
         """:func:`global_pids` of this index's domains and pids."""
         return global_pids(self.domains, self.pids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +92,24 @@ def extract(
     if normalize:
         features = l2_normalize(features)
     return Features(features, index.pids.copy(), index.camids.copy(), index.domains.copy(), list(index.keys))
+
+
+def extract_with_meta(
+    model: nn.Module,
+    meta: dict[str, Any],
+    shards: ShardIndex | str | Path | Sequence[str | Path],
+    **options: Any,
+) -> Features:
+    """:func:`extract` at the input size and normalization a model artifact's ``model.json`` records."""
+    return extract(
+        model,
+        shards,
+        height=meta["input"]["height"],
+        width=meta["input"]["width"],
+        mean=tuple(meta["normalize"]["mean"]),
+        std=tuple(meta["normalize"]["std"]),
+        **options,
+    )
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ class MetaBINFunction(torch.autograd.Function):
         sum_gx = torch.einsum("nchw,nchw->nc", grad, x)
         g_xi = s_i * (sum_gx - mean_i * sum_g)  # Σ_hw g·x̂_I, N×C
         g_xb = s_b * (sum_gx - mean_b * sum_g)  # Σ_hw g·x̂_B per sample, N×C
-        total_g, total_gxb = sum_g.sum(0), g_xb.sum(0)  # C
+        total_g, total_gxb, total_gxi = sum_g.sum(0), g_xb.sum(0), g_xi.sum(0)  # C
         r = rho.clamp(0.0, 1.0)
         g_b, g_i = r * bn_weight, (1.0 - r) * in_weight
         scale = g_b * s_b + g_i * s_i
@@ -100,7 +100,7 @@ class MetaBINFunction(torch.autograd.Function):
         )
         # parameters
         bn_part = bn_weight * total_gxb + bn_bias * total_g  # Σ g·(γ_B x̂_B + β_B)
-        in_part = in_weight * g_xi.sum(0) + in_bias * total_g  # Σ g·(γ_I x̂_I + β_I)
+        in_part = in_weight * total_gxi + in_bias * total_g  # Σ g·(γ_I x̂_I + β_I)
         inside = (rho >= 0) & (rho <= 1)  # clamp passes the gradient on [0, 1]
         grad_rho = torch.where(inside, bn_part - in_part, torch.zeros_like(rho))
         return (
@@ -108,7 +108,7 @@ class MetaBINFunction(torch.autograd.Function):
             grad_rho,
             r * total_gxb,
             r * total_g,
-            (1.0 - r) * g_xi.sum(0),
+            (1.0 - r) * total_gxi,
             (1.0 - r) * total_g,
             None,
             None,

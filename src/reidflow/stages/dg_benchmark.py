@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 
 from reidflow.config import StrictModel, params_digest, validate_as
 from reidflow.stages.synth import SynthConfig
+from reidflow.store.artifacts import is_current
 from reidflow.store.lineage import RunContext, now_iso
 
 log = logging.getLogger(__name__)
@@ -120,24 +121,12 @@ def run(
     for name in [*cfg.sources, *cfg.targets]:
         out = work / "shards" / name
         src = DatasetSource(reader="market1501", root=str(data / name))
-        resolved = {"shard": ShardConfig().model_dump(), "dataset": {"name": name, **src.model_dump()}}
-        if not _is_current(out, params_digest(resolved)):
+        if not is_current(out, params_digest(shard_stage.resolved_params(ShardConfig(), name, src))):
             shard_stage.run(ShardConfig(), name, src, out, raw_uri=str(data / name), ctx=ctx)
         shards[name] = out
     runs = _train_all(cfg, work, [str(shards[s]) for s in cfg.sources], ctx)
     results = _evaluate_all(cfg, runs, {t: shards[t] for t in cfg.targets})
     return _write_report(cfg, runs, shards, results, output, ctx, started, command, table)
-
-
-def _is_current(path: Path, digest: str) -> bool:
-    """An artifact at ``path`` made from params with ``digest`` (and complete: lineage.json is last)."""
-    lineage = path / "lineage.json"
-    if not lineage.is_file():
-        return False
-    try:
-        return json.loads(lineage.read_text()).get("params_digest") == digest
-    except json.JSONDecodeError:
-        return False
 
 
 def _train_all(
@@ -155,7 +144,7 @@ def _train_all(
             stage_cfg = variant_config(cfg, name, seed)
             out = work / "runs" / f"{name}-seed{seed}"
             runs[(name, seed)] = out
-            if _is_current(out, params_digest(stage_cfg.model_dump(mode="json"))):
+            if is_current(out, params_digest(stage_cfg.model_dump(mode="json"))):
                 log.info("dg-benchmark [%d/%d] %s seed %d: already trained, kept", done, total, name, seed)
                 continue
             log.info("dg-benchmark [%d/%d] %s seed %d: training (%s)", done, total, name, seed, variant.stage)
@@ -172,45 +161,27 @@ def _evaluate_all(
     cfg: DGBenchmarkConfig, runs: dict[tuple[str, int], Path], targets: dict[str, Path]
 ) -> dict[str, Any]:
     """Per run and target: mean/std over the splits; per run: the average over targets."""
-    import torch
-
     from reidflow.data.index import ShardIndex
-    from reidflow.eval.features import extract
-    from reidflow.eval.protocols import average_over_targets, evaluate_splits, multi_split
-    from reidflow.eval.rerank import squared_euclidean
+    from reidflow.eval.features import extract_with_meta
+    from reidflow.eval.protocols import average_over_targets
     from reidflow.models.artifact import load_model_artifact
-    from reidflow.stages.evaluate import dataset_dirs
+    from reidflow.stages.evaluate import dataset_dirs, protocol_splits, score_splits, split_records
     from reidflow.store.artifacts import open_input
+    from reidflow.train.runtime import resolve_device
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = resolve_device(cfg.device).type
     test_sets = {}
     for name, path in targets.items():
         [ddir] = dataset_dirs(open_input(name, str(path)))
         qg = ShardIndex.load(ddir).filter(split=["query", "gallery"])
-        arrays: dict[str, Any] = {"pids": np.asarray(qg.pids), "camids": np.asarray(qg.camids)}
-        if cfg.protocol == "grid":
-            arrays["sides"] = np.where(np.asarray(qg.splits) == "query", 0, 1)
-        test_sets[name] = (qg, multi_split(arrays, cfg.protocol, cfg.num_splits, cfg.split_seed))
+        test_sets[name] = (qg, protocol_splits(qg, cfg.protocol, cfg.num_splits, cfg.split_seed))
     per_run: dict[str, Any] = {}
     for (variant, seed), path in runs.items():
         model, meta = load_model_artifact(path, device)
         by_target = {}
         for target, (qg, splits) in test_sets.items():
-            feats = extract(
-                model,
-                qg,
-                height=meta["input"]["height"],
-                width=meta["input"]["width"],
-                batch_size=cfg.batch_size,
-                device=device,
-                mean=tuple(meta["normalize"]["mean"]),
-                std=tuple(meta["normalize"]["std"]),
-            ).features
-            res = evaluate_splits(
-                lambda qi, gi, f=feats: squared_euclidean(f[qi], f[gi]),
-                splits,
-                max_rank=min(20, min(len(s.gallery) for s in splits)),
-            )
+            feats = extract_with_meta(model, meta, qg, batch_size=cfg.batch_size, device=device).features
+            res = score_splits(feats, splits, max_rank=20)
             by_target[target] = {"mean": res["mean"], "std": res["std"]}
         per_run[f"{variant}-seed{seed}"] = {
             "variant": variant,
@@ -218,10 +189,7 @@ def _evaluate_all(
             "targets": by_target,
             "average": average_over_targets(by_target)["mean"],
         }
-    splits_record = {
-        t: [s.to_dict() | {"query_keys": [qg.keys[i] for i in s.query]} for s in splits]
-        for t, (qg, splits) in test_sets.items()
-    }
+    splits_record = {t: split_records(qg, splits) for t, (qg, splits) in test_sets.items()}
     return {"runs": per_run, "splits": splits_record}
 
 
@@ -232,18 +200,19 @@ def summarize(cfg: DGBenchmarkConfig, per_run: Mapping[str, Any]) -> dict[str, A
         rows = [r for r in per_run.values() if r["variant"] == variant]
         cell: dict[str, Any] = {"seeds": [r["seed"] for r in rows], "targets": {}}
         for metric in ("rank-1", "mAP"):
-            values = [100 * r["average"][metric] for r in rows]
-            cell[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+            cell[metric] = _mean_std([r["average"][metric] for r in rows])
         for target in cfg.targets:
             cell["targets"][target] = {
-                metric: {
-                    "mean": float(np.mean([100 * r["targets"][target]["mean"][metric] for r in rows])),
-                    "std": float(np.std([100 * r["targets"][target]["mean"][metric] for r in rows])),
-                }
+                metric: _mean_std([r["targets"][target]["mean"][metric] for r in rows])
                 for metric in ("rank-1", "mAP")
             }
         table[variant] = cell
     return table
+
+
+def _mean_std(fractions: list[float]) -> dict[str, float]:
+    percent = 100 * np.asarray(fractions, dtype=np.float64)
+    return {"mean": float(percent.mean()), "std": float(percent.std())}
 
 
 def claim_check(
@@ -321,7 +290,7 @@ def _write_report(
     resolved = cfg.model_dump(mode="json")
     inputs = [open_input(f"{n}-seed{s}", str(p)) for (n, s), p in runs.items()]
     inputs += [open_input(f"target:{t}", str(shards[t])) for t in cfg.targets]
-    markdown = results_markdown(cfg, table, claims, command)
+    markdown = results_markdown(cfg, table, claims, command, image="dg_benchmark.png")
     with write_artifact(
         output,
         kind="report",
@@ -343,13 +312,17 @@ def _write_report(
     if table_path is not None:
         dest = Path(table_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(markdown.replace("](dg_benchmark.png)", f"]({dest.stem}.png)"))
+        dest.write_text(results_markdown(cfg, table, claims, command, image=f"{dest.stem}.png"))
         (dest.parent / f"{dest.stem}.png").write_bytes((output / "dg_benchmark.png").read_bytes())
     return output
 
 
 def results_markdown(
-    cfg: DGBenchmarkConfig, table: Mapping[str, Any], claims: Mapping[str, Any], command: str | None
+    cfg: DGBenchmarkConfig,
+    table: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    command: str | None,
+    image: str,
 ) -> str:
     recipe = json.dumps(cfg.recipe, sort_keys=True)
     lines = [
@@ -363,7 +336,7 @@ def results_markdown(
         f"Seeds: {cfg.seeds}; each cell is the mean ± std over seeds (population std) in %.",
         "",
         markdown_table(cfg, table),
-        "![mean ± std over seeds](dg_benchmark.png)",
+        f"![mean ± std over seeds]({image})",
         "",
     ]
     if claims:

@@ -17,8 +17,8 @@ from reidflow.data.index import ShardIndex
 from reidflow.data.opener import LocalOpener
 from reidflow.errors import ConfigError, DataError
 from reidflow.eval.ensemble import concat_features, sq_euclidean
-from reidflow.eval.features import Features, extract
-from reidflow.eval.protocols import average_over_targets, evaluate_splits, multi_split
+from reidflow.eval.features import Features, extract_with_meta
+from reidflow.eval.protocols import Split, average_over_targets, evaluate_splits, multi_split
 from reidflow.eval.report import ReportSection, write_report
 from reidflow.eval.scoring import RerankParams, headline, score_variants
 from reidflow.models.artifact import load_model_artifact
@@ -144,20 +144,14 @@ def run(
                 qg = index.filter(split=["query", "gallery"])
                 target = ddir.name
                 per_model = {}
+                options = {
+                    "batch_size": cfg.batch_size,
+                    "flip": cfg.flip,
+                    "device": device,
+                    "num_workers": cfg.num_workers,
+                }
                 for name, (_, model, meta) in zip(names, loaded, strict=True):
-                    inp = meta["input"]
-                    per_model[name] = extract(
-                        model,
-                        qg,
-                        height=inp["height"],
-                        width=inp["width"],
-                        batch_size=cfg.batch_size,
-                        flip=cfg.flip,
-                        device=device,
-                        num_workers=cfg.num_workers,
-                        mean=tuple(meta["normalize"]["mean"]),
-                        std=tuple(meta["normalize"]["std"]),
-                    )
+                    per_model[name] = extract_with_meta(model, meta, qg, **options)
                 if cfg.ensemble and len(per_model) > 1:
                     first = next(iter(per_model.values()))
                     stacked = concat_features([f.features for f in per_model.values()], cfg.ensemble_weights)
@@ -166,19 +160,7 @@ def run(
                     )
                 cam_feats = None
                 if camera is not None and _camera_covers(camera[1], qg):
-                    cam_model, cam_meta = camera
-                    cam_feats = extract(
-                        cam_model,
-                        qg,
-                        height=cam_meta["input"]["height"],
-                        width=cam_meta["input"]["width"],
-                        batch_size=cfg.batch_size,
-                        flip=cfg.flip,
-                        device=device,
-                        num_workers=cfg.num_workers,
-                        mean=tuple(cam_meta["normalize"]["mean"]),
-                        std=tuple(cam_meta["normalize"]["std"]),
-                    )
+                    cam_feats = extract_with_meta(*camera, qg, **options)
                 protocol = cfg.protocols.get(target, "standard")
                 if protocol == "standard":
                     target_result, section, best = _score_target(
@@ -326,18 +308,17 @@ def _score_target(
     return {"models": models, "num_query": len(q_rows), "num_gallery": len(g_rows)}, section, best
 
 
-def _score_multi_split(
-    target: str, qg: ShardIndex, per_model: dict[str, Features], protocol: str, cfg: EvaluateConfig, out: Path
-) -> tuple[dict[str, Any], ReportSection, Features]:
-    """Mean ± std over seeded, recorded random splits (VIPeR/PRID/GRID/iLIDS protocols)."""
-    first = next(iter(per_model.values()))
-    sides = np.where(np.asarray(qg.splits) == "query", 0, 1)
-    arrays = {"pids": first.pids, "camids": first.camids, "sides": sides if protocol == "grid" else None}
-    splits = multi_split(
-        {k: v for k, v in arrays.items() if v is not None}, protocol, cfg.num_splits, cfg.seed
-    )
-    (out / "splits").mkdir(exist_ok=True)
-    record = [
+def protocol_splits(qg: ShardIndex, protocol: str, num_splits: int, seed: int) -> list[Split]:
+    """The seeded random splits of ``protocol`` over a query/gallery index (grid: the split is the side)."""
+    arrays: dict[str, Any] = {"pids": qg.pids, "camids": qg.camids}
+    if protocol == "grid":
+        arrays["sides"] = np.where(np.asarray(qg.splits) == "query", 0, 1)
+    return multi_split(arrays, protocol, num_splits, seed)
+
+
+def split_records(qg: ShardIndex, splits: list[Split]) -> list[dict[str, Any]]:
+    """Each split with the sample keys of its query and gallery images (so it can be replayed)."""
+    return [
         {
             **s.to_dict(),
             "query_keys": [qg.keys[i] for i in s.query],
@@ -345,15 +326,29 @@ def _score_multi_split(
         }
         for s in splits
     ]
-    (out / "splits" / f"{target}.json").write_text(json.dumps(record) + "\n")
+
+
+def score_splits(features: np.ndarray, splits: list[Split], max_rank: int) -> dict[str, Any]:
+    """Mean/std over ``splits`` of squared-Euclidean retrieval on ``features`` (rows of the index)."""
+    return evaluate_splits(
+        lambda qi, gi: sq_euclidean(features[qi], features[gi]),
+        splits,
+        max_rank=min(max_rank, min(len(s.gallery) for s in splits)),
+    )
+
+
+def _score_multi_split(
+    target: str, qg: ShardIndex, per_model: dict[str, Features], protocol: str, cfg: EvaluateConfig, out: Path
+) -> tuple[dict[str, Any], ReportSection, Features]:
+    """Mean ± std over seeded, recorded random splits (VIPeR/PRID/GRID/iLIDS protocols)."""
+    first = next(iter(per_model.values()))
+    splits = protocol_splits(qg, protocol, cfg.num_splits, cfg.seed)
+    (out / "splits").mkdir(exist_ok=True)
+    (out / "splits" / f"{target}.json").write_text(json.dumps(split_records(qg, splits)) + "\n")
     models: dict[str, Any] = {}
     rows = []
     for name, feats in per_model.items():
-        res = evaluate_splits(
-            lambda qi, gi, f=feats.features: sq_euclidean(f[qi], f[gi]),
-            splits,
-            max_rank=min(cfg.max_rank, min(len(s.gallery) for s in splits)),
-        )
+        res = score_splits(feats.features, splits, cfg.max_rank)
         mean, std = res["mean"], res["std"]
         pick = {
             "mAP": mean["mAP"],

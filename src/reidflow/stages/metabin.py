@@ -151,14 +151,9 @@ def run(
 
 def meta_domains(index: ShardIndex, kind: str) -> tuple[np.ndarray, list[str]]:
     """Domain id of every row and the domain names: each dataset, or each ``dataset/c<camera>``."""
-    keys = (
-        list(index.domains)
-        if kind == "dataset"
-        else [f"{d}/c{c}" for d, c in zip(index.domains, index.camids)]
-    )
-    names = sorted(set(keys))
-    lookup = {n: i for i, n in enumerate(names)}
-    return np.asarray([lookup[k] for k in keys], dtype=np.int64), names
+    if kind == "dataset":
+        return index.domain_ids, index.domain_names
+    return index.camera_groups()
 
 
 def _run(
@@ -192,9 +187,8 @@ def _run(
     sampler = IdentityBatchSampler(
         labels, cfg.sampler.P, cfg.sampler.K, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
     )
-    loader = make_train_loader(
-        dataset, sampler, num_workers=cfg.num_workers, pin_memory=device_name(cfg.engine) == "cuda"
-    )
+    pin_memory = device_name(cfg.engine) == "cuda"
+    loader = make_train_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=pin_memory)
     meta_batches = DomainBalancedBatches(
         dataset,
         labels,
@@ -205,7 +199,7 @@ def _run(
         rank=dist.rank,
         world_size=dist.world_size,
         num_workers=cfg.num_workers,
-        pin_memory=device_name(cfg.engine) == "cuda",
+        pin_memory=pin_memory,
     )
     iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
     rho_lr = cfg.rho_lr_factor * cfg.optimizer.lr

@@ -79,9 +79,8 @@ class PretrainConfig(StrictModel):
 def _train_labels(index: ShardIndex, labels: str) -> tuple[np.ndarray, dict[str, int]]:
     if labels == "identity":
         return index.global_pids()
-    keys = [f"{d}/c{c}" for d, c in zip(index.domains, index.camids, strict=True)]
-    mapping = {k: i for i, k in enumerate(sorted(set(keys)))}
-    return np.asarray([mapping[k] for k in keys], dtype=np.int64), mapping
+    ids, names = index.camera_groups()
+    return ids, {name: i for i, name in enumerate(names)}
 
 
 def run(

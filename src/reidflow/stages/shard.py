@@ -38,6 +38,11 @@ def dataset_source(params: dict[str, Any], name: str, source: str = "params.yaml
     return section(datasets, name, DatasetSource, source=f"{source}: datasets")
 
 
+def resolved_params(cfg: ShardConfig, dataset: str, src: DatasetSource) -> dict[str, Any]:
+    """What the shard artifact of ``dataset`` records as its params (and digests)."""
+    return {"shard": cfg.model_dump(), "dataset": {"name": dataset, **src.model_dump()}}
+
+
 def run(
     cfg: ShardConfig,
     dataset: str,
@@ -51,7 +56,7 @@ def run(
 
     raw = open_input("raw", raw_uri or src.root, require_artifact=False)
     samples = read_dataset(src.reader, raw.path, domain=src.domain or dataset, **src.options)
-    resolved = {"shard": cfg.model_dump(), "dataset": {"name": dataset, **src.model_dump()}}
+    resolved = resolved_params(cfg, dataset, src)
     with write_artifact(
         output,
         kind="shards",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ from pydantic import Field
 from reidflow.config import StrictModel, params_digest
 from reidflow.errors import ConfigError
 from reidflow.obs.progress import Progress
-from reidflow.store.artifacts import write_artifact
-from reidflow.store.lineage import LINEAGE_FILE, RunContext
+from reidflow.store.artifacts import is_current, write_artifact
+from reidflow.store.lineage import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def run(cfg: SynthConfig, output: str | Path, ctx: RunContext | None = None, reu
     resolved["resolved_specs"] = [s.model_dump(mode="json") for s in specs]
     resolved["generator_version"] = GENERATOR_VERSION
     digest = params_digest(resolved)
-    if reuse and _current(output, digest):
+    if reuse and is_current(output, digest):
         log.info("synth: %s is up to date (params %s); reusing it", output, digest[:19])
         return Path(str(output))
     with write_artifact(
@@ -83,17 +82,3 @@ def run(cfg: SynthConfig, output: str | Path, ctx: RunContext | None = None, reu
                 generate_domain(spec, art.path, seed=cfg.seed, workers=cfg.workers, progress=bar.callback())
         art.metrics = {"domains": [s.name for s in specs]}
     return Path(str(output))
-
-
-def _current(output: str | Path, digest: str) -> bool:
-    """True when ``output`` is a complete local synth artifact with these params and this code version."""
-    import reidflow
-
-    lineage_file = Path(str(output)) / LINEAGE_FILE
-    if str(output).startswith("s3://") or not lineage_file.is_file():
-        return False
-    record = json.loads(lineage_file.read_text())
-    return (
-        record.get("params_digest") == digest
-        and record.get("code", {}).get("version") == reidflow.__version__
-    )

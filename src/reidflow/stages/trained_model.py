@@ -25,11 +25,10 @@ class QuickEvalConfig(StrictModel):
 
 
 def device_name(engine: EngineConfig) -> str:
-    import torch
+    """``cpu`` or ``cuda``: where the engine will train."""
+    from reidflow.train.runtime import resolve_device
 
-    if engine.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return engine.device
+    return resolve_device(engine.device).type
 
 
 def checkpoint_dir(configured: str | None, output: str | Path) -> Path:

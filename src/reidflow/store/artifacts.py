@@ -170,6 +170,24 @@ def read_lineage(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{lineage_file}: not valid JSON ({exc})") from None
 
 
+def is_current(output: str | Path, params_digest: str) -> bool:
+    """True when ``output`` is a complete local artifact made from params with ``params_digest`` by this
+    code version: a deterministic stage may keep it instead of recomputing it."""
+    import reidflow
+
+    lineage_file = Path(str(output)) / LINEAGE_FILE
+    if str(output).startswith("s3://") or not lineage_file.is_file():
+        return False
+    try:
+        record = json.loads(lineage_file.read_text())
+    except json.JSONDecodeError:
+        return False
+    return (
+        record.get("params_digest") == params_digest
+        and record.get("code", {}).get("version") == reidflow.__version__
+    )
+
+
 def open_input(
     name: str, uri: str | Path, *, require_artifact: bool = True, fresh: bool = False
 ) -> InputArtifact:

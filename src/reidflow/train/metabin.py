@@ -36,7 +36,7 @@ from reidflow.losses import inter_domain_shuffle_loss, intra_domain_scatter_loss
 from reidflow.models.norms import clamp_gates_, gate_parameters, running_stats_held, twice_differentiable
 from reidflow.train.engine import StepContext
 from reidflow.train.optim import OptimizerConfig, build_optimizer
-from reidflow.train.pretrain import LossConfig, SupervisedLoss, build_triplet, loss_dtype
+from reidflow.train.pretrain import LossConfig, SupervisedLoss, loss_dtype
 from reidflow.train.runtime import move_to_device
 
 MetaBatches = Callable[[int], dict[str, Tensor]]
@@ -163,7 +163,6 @@ class MetaBINMethod:
         self.meta = meta or MetaStepConfig()
         self.seed = int(seed)  # seeds the per-iteration meta-train/meta-test domain split
         self.loss = SupervisedLoss(loss, num_classes)
-        self.triplet = build_triplet(loss)
         self.transform = train_transform
         self.meta_batches = meta_batches
         self.inner_lr = inner_lr
@@ -235,7 +234,7 @@ class MetaBINMethod:
                 "scatter": cfg.scatter_weight * intra_domain_scatter_loss(features, domains[mtrain]),
                 "shuffle": cfg.shuffle_weight
                 * inter_domain_shuffle_loss(features, pids[mtrain], domains[mtrain]),
-                "triplet": cfg.triplet_weight * self.triplet(features, pids[mtrain]),
+                "triplet": cfg.triplet_weight * self.loss.triplet(features, pids[mtrain]),
             }
             mtrain_loss = sum(mtrain_terms.values())
             assert isinstance(mtrain_loss, Tensor)
@@ -248,7 +247,7 @@ class MetaBINMethod:
             virtual = {n: (g - beta * d).clamp(0.0, 1.0) for n, g, d in zip(names, gates, inner, strict=True)}
             with ctx.autocast():
                 out = functional_call(model, virtual, (images[~mtrain], pids[~mtrain]))
-            mtest_loss = self.triplet(loss_dtype(out["features"]), pids[~mtrain])
+            mtest_loss = self.loss.triplet(loss_dtype(out["features"]), pids[~mtrain])
             ctx.backward_and_step({"mtest_triplet": mtest_loss}, "rho", params=gates, sync_grads=True)
         clamp_gates_(model)
         logged = {f"mtrain_{k}": v.detach() for k, v in mtrain_terms.items()}
