@@ -28,8 +28,11 @@ def tiny_benchmark() -> dict:
     bench["recipe"]["sampler"] = {"P": 4, "K": 2}
     bench["recipe"]["engine"] = {"epochs": 1, "max_iters": 2, "device": "cpu", "log_every": 1}
     bench["recipe"]["scheduler"] = {"kind": "constant"}
-    bench["variants"] = {k: bench["variants"][k] for k in ("BN", "BIN", "SNR", "MetaBIN")}
-    bench["variants"]["MetaBIN"]["overrides"]["meta_batch"] = {"ids_per_domain": 2, "K": 2}
+    bench["drawn"] = {"count": 1, "seed": 3, "overrides": TINY}
+    bench["variants"] = {k: bench["variants"][k] for k in ("BN", "BIN", "MetaBIN", "MetaBIN-diffclamp")}
+    for name in ("MetaBIN", "MetaBIN-diffclamp"):
+        bench["variants"][name]["overrides"]["meta_batch"] = {"ids_per_domain": 2, "K": 2}
+        bench["variants"][name]["overrides"]["meta"]["warmup_iters"] = 1
     return bench
 
 
@@ -40,18 +43,24 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path):
     assert "training (metabin)" in first.stderr and "training (pretrain)" in first.stderr
     report = tmp_path / "work" / "report"
     results = json.loads((report / "results.json").read_text())
-    assert list(results["table"]) == ["BN", "BIN", "SNR", "MetaBIN"]
+    assert list(results["table"]) == ["BN", "BIN", "MetaBIN", "MetaBIN-diffclamp"]
     for cell in results["table"].values():
         assert cell["seeds"] == [0, 1]
-        assert 0 <= cell["mAP"]["mean"] <= 100 and cell["mAP"]["std"] >= 0
-        assert set(cell["targets"]) == {"personx_like", "target_city"}
-    assert set(results["claims"]) == {"BN", "BIN"}  # the rivals present in this table
+        for group in ("hand-written", "drawn"):
+            assert (
+                0 <= cell["groups"][group]["mAP"]["mean"] <= 100 and cell["groups"][group]["mAP"]["std"] >= 0
+            )
+        assert set(cell["targets"]) == {"personx_like", "target_city", "drawn_00"}
+    assert set(results["claims"]) == {"hand-written", "drawn"}
+    assert set(results["claims"]["drawn"]) == {"BN", "BIN"}  # the rivals present in this table
+    assert set(results["ablations"]) == {"MetaBIN-diffclamp"}
     assert len(results["runs"]) == 8
+    assert (tmp_path / "work" / "runs" / "MetaBIN-seed0" / "gate_trajectories.png").is_file()
     splits = json.loads((report / "splits.json").read_text())
     assert len(splits["target_city"]) == 3 and splits["target_city"][0]["query_keys"]
     lineage = json.loads((report / "lineage.json").read_text())
     assert lineage["stage"] == "dg_benchmark"
-    assert len(lineage["inputs"]) == 8 + 2  # every trained run and both target shards
+    assert len(lineage["inputs"]) == 8 + 3  # every trained run and every target shard
     run_stages = {
         json.loads((tmp_path / "work" / "runs" / f"{v}-seed0" / "lineage.json").read_text())["stage"]
         for v in ("BN", "MetaBIN")
@@ -59,7 +68,10 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path):
     assert run_stages == {"pretrain", "metabin"}
     table = (tmp_path / "docs/results/dg.md").read_text()
     assert "| MetaBIN |" in table and "reidflow dg-benchmark --workdir work" in table
-    assert "![mean ± std over seeds](dg.png)" in table and (tmp_path / "docs/results/dg.png").is_file()
+    assert (
+        "![mean ± std over seeds, and per target](dg.png)" in table
+        and (tmp_path / "docs/results/dg.png").is_file()
+    )
     reidflow("lineage", "verify", "work/report", cwd=tmp_path, env=ENV)
 
     again = reidflow(*args, "--output", "work/report2", cwd=tmp_path, env=ENV)

@@ -26,6 +26,7 @@ from reidflow.train.metabin import (
     MetaBINMethod,
     MetaStepConfig,
     build_metabin_optimizers,
+    clamp_virtual,
     split_domains,
     split_parameters,
 )
@@ -118,6 +119,7 @@ def make_method(
     second_order: bool = False,
     inner: CyclicInnerLR | None = None,
     dtype: torch.dtype = torch.float32,
+    **meta: Any,
 ) -> MetaBINMethod:
     theta_opt, rho_opt = build_metabin_optimizers(
         model, OptimizerConfig(lr=0.05, momentum=0.9, weight_decay=5e-4), rho_lr
@@ -134,7 +136,7 @@ def make_method(
         nn.Identity(),
         lambda t: meta_batch(t, dtype),
         inner or CyclicInnerLR(rho_lr * 10, low=0.1, high=1.0, period_iters=4),
-        MetaStepConfig(n_mtrain=2, second_order=second_order),
+        MetaStepConfig(n_mtrain=2, second_order=second_order, **{"warmup_iters": 0, **meta}),
         seed=3,
     )
 
@@ -441,3 +443,88 @@ def test_engine_fit_trains_and_resumes_exactly(tmp_path: Path) -> None:
     resumed, _ = _fit(tmp_path / "cut", 4, resume=True)
     assert_same(gates_of(straight.model), gates_of(resumed.model))
     assert_same(theta_of(straight.model), theta_of(resumed.model))
+
+
+# -- fidelity to the authors' code: straight-through virtual clamp, warm-up, CE in the meta losses
+
+
+def test_straight_through_clamp_passes_gradient_everywhere() -> None:
+    raw = torch.tensor([-0.5, 0.2, 0.7, 1.3], requires_grad=True)
+    clamp_virtual(raw, "straight_through").sum().backward()
+    assert raw.grad is not None and torch.equal(raw.grad, torch.ones(4))
+    assert torch.equal(clamp_virtual(raw.detach(), "straight_through"), torch.tensor([0.0, 0.2, 0.7, 1.0]))
+    raw.grad = None
+    clamp_virtual(raw, "differentiable").sum().backward()
+    assert torch.equal(raw.grad, torch.tensor([0.0, 1.0, 1.0, 0.0]))
+
+
+def _saturated_gates_after_meta_step(kind: str) -> tuple[Tensor, Tensor]:
+    """Gates at 1 with an inner step that pushes some past 1: (which were pushed out, ρ after the step)."""
+    model = tiny_model(rho_init=1.0)
+    inner_lr = CyclicInnerLR(50.0, low=1.0, high=1.0, period_iters=4)
+    method = make_method(model, rho_lr=1.0, inner=inner_lr, virtual_clamp=kind)
+    ctx = engine_context(method)
+    batch = meta_batch(1)
+    # the inner gradient of the meta-train loss, computed as the method does, tells which gates leave [0, 1]
+    named = {n: p for n, p in model.named_parameters() if n.endswith(".rho")}
+    mtrain = split_domains(batch["domain"], 2, method.seed, 1)
+    with running_stats_held(model):
+        feats = model(batch["image"][mtrain], batch["pid"][mtrain])["features"]
+        loss = (
+            intra_domain_scatter_loss(feats, batch["domain"][mtrain])
+            + inter_domain_shuffle_loss(feats, batch["pid"][mtrain], batch["domain"][mtrain])
+            + method.loss.triplet(feats, batch["pid"][mtrain])
+        )
+        inner = torch.autograd.grad(loss, list(named.values()))
+    pushed_out = torch.cat([(1.0 - 50.0 * g) > 1.0 for g in inner])
+    method.meta_step(batch, ctx)
+    return pushed_out, torch.cat([p.detach().flatten() for p in named.values()])
+
+
+def test_saturated_gates_still_learn_with_the_straight_through_clamp() -> None:
+    """ρ = 1 with a negative inner gradient (ρ - β·g > 1): the authors' clamp lets the meta-test
+    gradient through, so such gates can still move; the differentiable clamp freezes every one of them."""
+    pushed, rho_st = _saturated_gates_after_meta_step("straight_through")
+    assert bool(pushed.any()), "the test needs gates pushed past 1 by the inner step"
+    assert bool((rho_st[pushed] < 1.0).any())
+    pushed_d, rho_d = _saturated_gates_after_meta_step("differentiable")
+    assert torch.equal(pushed, pushed_d)
+    assert bool((rho_d[pushed_d] == 1.0).all())
+
+
+def test_warmup_iterations_are_base_steps_only() -> None:
+    model = tiny_model()
+    method = make_method(model, warmup_iters=2)
+    ctx = engine_context(method)
+    for t in range(2):
+        ctx.iteration = t
+        rho = gates_of(model)
+        out = method.step(base_batch(), ctx)
+        assert_same(rho, gates_of(model))
+        assert not any(k.startswith(("mtrain_", "mtest_")) for k in out)
+    ctx.iteration = 2
+    rho = gates_of(model)
+    out = method.step(base_batch(), ctx)
+    assert "mtest_triplet" in out
+    assert_all_changed(rho, gates_of(model))
+
+
+def test_ce_joins_the_meta_losses_when_weighted() -> None:
+    method = make_method(tiny_model(), ce_weight=1.0)
+    out = method.meta_step(meta_batch(1), engine_context(method))
+    assert {"mtrain_ce", "mtest_ce"} <= out.keys()
+    assert float(out["mtrain_ce"]) > 0 and float(out["mtest_ce"]) > 0
+    other = make_method(tiny_model())
+    plain = other.meta_step(meta_batch(1), engine_context(other))
+    assert "mtrain_ce" not in plain and "mtest_ce" not in plain
+
+
+def test_gate_trajectory_is_logged_every_n_iterations() -> None:
+    method = make_method(tiny_model())
+    method.gate_log_every = 2
+    ctx = engine_context(method)
+    logged = []
+    for t in range(4):
+        ctx.iteration = t
+        logged.append(any(k.startswith("rho/") for k in method.step(base_batch(), ctx)))
+    assert logged == [True, False, True, False]

@@ -158,6 +158,25 @@ class ShardIndex:
         names = {name: i for i, name in enumerate(self.domain_names)}
         return np.asarray([names[d] for d in self.domains.tolist()], dtype=np.int64)
 
+    def combined_training_rows(self) -> ShardIndex:
+        """Every labelled image of every split ("combine all", the multi-source DG protocol).
+
+        Train rows plus the query and gallery rows of identities that have a query image; gallery-only
+        identities are the protocol's distractors (Market's ``0000``, PRID's one-camera people) and are
+        left out, so no bogus class is made from unrelated people.
+        """
+        splits = self.splits
+        is_query = splits == "query"
+        query_keys = {
+            (d, int(p)) for d, p in zip(self.domains[is_query].tolist(), self.pids[is_query].tolist())
+        }
+        keep = [
+            i
+            for i, (split, d, p) in enumerate(zip(splits.tolist(), self.domains.tolist(), self.pids.tolist()))
+            if split == "train" or (split in ("query", "gallery") and (d, int(p)) in query_keys)
+        ]
+        return self.take(np.asarray(keep, dtype=np.int64))
+
     def camera_groups(self) -> tuple[np.ndarray, list[str]]:
         """Every row's camera as an id into the sorted names ``<domain>/c<camid>`` (camera ids are per domain)."""
         keys = [f"{d}/c{c}" for d, c in zip(self.domains.tolist(), self.camids.tolist(), strict=True)]

@@ -45,6 +45,7 @@ from reidflow.store.artifacts import open_input
 from reidflow.store.lineage import RunContext, now_iso
 from reidflow.train import distributed as ddp
 from reidflow.train.engine import Engine, EngineConfig, seed_everything
+from reidflow.train.gate_log import plot_gate_trajectories
 from reidflow.train.metabin import CyclicInnerLR, MetaBINMethod, MetaStepConfig, build_metabin_optimizers
 from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_scheduler
 from reidflow.train.pretrain import LossConfig
@@ -52,7 +53,17 @@ from reidflow.train.pretrain import LossConfig
 log = logging.getLogger(__name__)
 
 GATED_NORMS = ("metabin", "bin")
-LOSS_KEYS = ("ce", "triplet", "snr", "mtrain_scatter", "mtrain_shuffle", "mtrain_triplet", "mtest_triplet")
+LOSS_KEYS = (
+    "ce",
+    "triplet",
+    "snr",
+    "mtrain_scatter",
+    "mtrain_shuffle",
+    "mtrain_triplet",
+    "mtrain_ce",
+    "mtest_triplet",
+    "mtest_ce",
+)
 
 
 def _dg_transforms() -> dict[str, Any]:
@@ -119,8 +130,19 @@ class MetabinConfig(StrictModel):
     engine: EngineConfig = Field(default_factory=lambda: EngineConfig(epochs=100))
     num_workers: int = Field(2, ge=0)
     eval: QuickEvalConfig = Field(default_factory=QuickEvalConfig)
+    combine_all: bool = Field(
+        False,
+        description="train on every labelled image of the sources (train + query + gallery): DG protocol",
+    )
     checkpoint_dir: str | None = Field(None, description="default: <output>.ckpt next to a local output")
     keep_checkpoints: bool = False
+
+    @model_validator(mode="after")
+    def _single_source_ce(self) -> MetabinConfig:
+        """Cameras as domains (single source): the authors add CE to the meta losses unless told otherwise."""
+        if self.meta_batch.domains == "camera" and "ce_weight" not in self.meta.model_fields_set:
+            self.meta = self.meta.model_copy(update={"ce_weight": 1.0})
+        return self
 
     @model_validator(mode="after")
     def _validate_nested(self) -> MetabinConfig:
@@ -171,7 +193,8 @@ def _run(
     source_inputs = [open_input(f"source{i}", uri) for i, uri in enumerate(sources)]
     target_inputs = [open_input(f"target{i}", uri) for i, uri in enumerate(targets)]
     source_dirs = [d for art in source_inputs for d in dataset_dirs(art)]
-    train = ShardIndex.load(source_dirs).filter(split="train")
+    full = ShardIndex.load(source_dirs)
+    train = full.combined_training_rows() if cfg.combine_all else full.filter(split="train")
     labels, label_map = train.global_pids()
     if len(label_map) < 2:
         raise DataError(f"metabin: the training split has {len(label_map)} identities; need at least 2")
@@ -223,6 +246,7 @@ def _run(
         inner,
         cfg.meta,
         seed=cfg.seed,
+        gate_log_every=cfg.engine.log_every,
     )
     log.info(
         "metabin: %d images, %d identities, %d meta domains %s, %d gated layers",
@@ -248,6 +272,9 @@ def _run(
 
     def gates_and_evaluation(directory: Path) -> dict[str, Any]:
         more: dict[str, Any] = {"gates": _save_gates(directory, model)}
+        plot_gate_trajectories(
+            result.history, directory / "gate_trajectories.png", "MetaBIN gates over training"
+        )
         if cfg.eval.enabled:
             target_dirs = [d for art_in in target_inputs for d in dataset_dirs(art_in)]
             device = str(engine.device)

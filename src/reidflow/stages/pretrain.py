@@ -35,7 +35,14 @@ from reidflow.store.artifacts import InputArtifact, open_input
 from reidflow.store.lineage import RunContext, now_iso
 from reidflow.train import distributed as ddp
 from reidflow.train.engine import Engine, EngineConfig, seed_everything
-from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from reidflow.train.gate_log import plot_gate_trajectories
+from reidflow.train.optim import (
+    OptimizerConfig,
+    SchedulerConfig,
+    build_gate_optimizer,
+    build_optimizer,
+    build_scheduler,
+)
 from reidflow.train.pretrain import LossConfig, PretrainMethod, TargetBatches
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,10 @@ class PretrainConfig(StrictModel):
     num_workers: int = Field(2, ge=0)
     target_bn: TargetBNConfig = Field(default_factory=TargetBNConfig)
     eval: QuickEvalConfig = Field(default_factory=QuickEvalConfig)
+    combine_all: bool = Field(
+        False,
+        description="train on every labelled image of the sources (train + query + gallery): DG protocol",
+    )
     checkpoint_dir: str | None = Field(None, description="default: <output>.ckpt next to a local output")
     keep_checkpoints: bool = False
 
@@ -115,7 +126,7 @@ def _run(
     target_input = open_input("target", target) if target else None
     source_dirs = [d for art in source_inputs for d in dataset_dirs(art)]
     full = ShardIndex.load(source_dirs)
-    train = full.filter(split="train")
+    train = full.combined_training_rows() if cfg.combine_all else full.filter(split="train")
     labels, label_map = _train_labels(train, cfg.labels)
     num_classes = len(label_map)
     if num_classes < 2:
@@ -134,9 +145,24 @@ def _run(
     optimizer = build_optimizer(model, cfg.optimizer)
     iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
     scheduler = build_scheduler(optimizer, cfg.scheduler, iters_per_epoch)
+    gate_optimizer = build_gate_optimizer(model, cfg.optimizer)
+    gate_scheduler = (
+        build_scheduler(gate_optimizer, SchedulerConfig(kind="constant"), iters_per_epoch)
+        if gate_optimizer is not None
+        else None
+    )
     target_batches = _target_batches(cfg, target_input, tcfg)
     method = PretrainMethod(
-        model, optimizer, scheduler, cfg.loss, num_classes, build_train_transform(tcfg), target_batches
+        model,
+        optimizer,
+        scheduler,
+        cfg.loss,
+        num_classes,
+        build_train_transform(tcfg),
+        target_batches,
+        gate_optimizer=gate_optimizer,
+        gate_scheduler=gate_scheduler,
+        gate_log_every=cfg.engine.log_every,
     )
     ckpt_dir = checkpoint_dir(cfg.checkpoint_dir, output)
     engine = Engine(method, loader, cfg.engine, checkpoint_dir=ckpt_dir, hooks=hooks)
@@ -153,7 +179,8 @@ def _run(
         "num_train_images": len(train),
     }
 
-    def evaluation(_: Path) -> dict[str, Any]:
+    def evaluation(directory: Path) -> dict[str, Any]:
+        plot_gate_trajectories(result.history, directory / "gate_trajectories.png", "BIN gates over training")
         if not (cfg.eval.enabled and cfg.labels == "identity"):
             return {}
         target_dirs = dataset_dirs(target_input) if target_input else []

@@ -66,7 +66,7 @@ def final_losses(history: list[dict[str, Any]], keys: Sequence[str], window: int
     """Mean of each of ``keys`` over the last ``window`` logged iterations."""
     tail = history[-window:]
     present = [k for k in keys if tail and k in tail[-1]]
-    return {k: round(float(np.mean([h[k] for h in tail])), 4) for k in present}
+    return {k: round(float(np.mean([h[k] for h in tail if k in h])), 4) for k in present}
 
 
 def quick_eval(

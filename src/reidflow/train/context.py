@@ -131,37 +131,47 @@ class StepContext:
     def backward_and_step(
         self,
         loss: Tensor | Mapping[str, Tensor],
-        optimizer: str,
+        optimizer: str | Sequence[str],
         params: Sequence[Tensor] | None = None,
         retain_graph: bool = False,
         sync_grads: bool = False,
     ) -> None:
-        """Backward, guard, clip, step and zero one optimizer (see the module docstring)."""
-        opt = self.optimizer(optimizer)
+        """Backward, guard, clip, step and zero one optimizer (see the module docstring).
+
+        ``optimizer`` may name several optimizers: one backward, then each is guarded, clipped and
+        stepped on its own parameters (e.g. a model's weights on Adam and its BIN gates on plain SGD).
+        """
+        names = [optimizer] if isinstance(optimizer, str) else list(optimizer)
+        opts = [self.optimizer(name) for name in names]
         engine = self._engine
         total, terms = _total_loss(loss)
-        self._check_loss(total, terms, optimizer)
-        opt.zero_grad(set_to_none=True)
+        self._check_loss(total, terms, "+".join(names))
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         scaler = engine.scaler
         to_backward = scaler.scale(total) if scaler is not None else total
         to_backward.backward(retain_graph=retain_graph, inputs=list(params) if params is not None else None)
-        stepped = [p for p in _params_of(opt) if p.grad is not None]
-        if sync_grads:
-            ddp.all_reduce_grads_mean(stepped)
+        for name, opt in zip(names, opts, strict=True):
+            stepped = [p for p in _params_of(opt) if p.grad is not None]
+            if sync_grads:
+                ddp.all_reduce_grads_mean(stepped)
+            if scaler is not None:
+                scaler.unscale_(opt)
+            norm = self._grad_norm_and_clip(stepped)
+            self.grad_norms[name] = norm
+            if not math.isfinite(norm) and scaler is None:
+                raise TrainingDiverged(
+                    self.iteration, f"the gradient norm of optimizer {name!r}", norm, engine.last_checkpoint
+                )
+        for opt in opts:
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
         if scaler is not None:
-            scaler.unscale_(opt)
-        norm = self._grad_norm_and_clip(stepped)
-        self.grad_norms[optimizer] = norm
-        if not math.isfinite(norm) and scaler is None:
-            raise TrainingDiverged(
-                self.iteration, f"the gradient norm of optimizer {optimizer!r}", norm, engine.last_checkpoint
-            )
-        if scaler is not None:
-            scaler.step(opt)
             scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
 
     def _check_loss(self, total: Tensor, terms: Mapping[str, Tensor], optimizer: str) -> None:
         if total.numel() != 1:

@@ -11,8 +11,16 @@ Per iteration ``t``:
    ``second_order``); the meta-test triplet loss is computed through ρ' with
    :func:`torch.func.functional_call` and its gradient (reaching ρ through ρ') updates ρ only.
 
+The clamp of the virtual gates is straight-through by default, as in the authors' code: it clamps
+the values only, so ``∂ρ'/∂ρ = 1`` even where ``ρ - β·g`` leaves [0, 1]. A differentiable clamp
+(``virtual_clamp: differentiable``) gives zero meta-test gradient to every gate pushed past a bound;
+gates start at 1, so it silences a large share of them from the first meta step on. The first
+``warmup_iters`` iterations are base steps only. ``ce_weight`` adds the classification loss to the
+meta-train and meta-test losses (the authors' single-source recipe).
+
 β is :class:`CyclicInnerLR` at meta step ``t`` (derived from the iteration, so nothing extra is
-checkpointed). After each update the gates are clamped to [0, 1].
+checkpointed). After each update the gates are clamped to [0, 1]. Every ``gate_log_every``
+iterations the step also reports the gates' per-stage statistics (:mod:`reidflow.train.gate_log`).
 
 Every forward goes through the raw module and gradients are averaged with ``sync_grads=True``:
 restricting backward to θ or ρ would leave DDP waiting for the other group's gradients.
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +43,7 @@ from reidflow.errors import ConfigError
 from reidflow.losses import inter_domain_shuffle_loss, intra_domain_scatter_loss
 from reidflow.models.norms import clamp_gates_, gate_parameters, running_stats_held, twice_differentiable
 from reidflow.train.engine import StepContext
+from reidflow.train.gate_log import gate_trajectory_metrics
 from reidflow.train.optim import OptimizerConfig, build_optimizer
 from reidflow.train.pretrain import LossConfig, SupervisedLoss, loss_dtype
 from reidflow.train.runtime import move_to_device
@@ -94,6 +103,22 @@ class MetaStepConfig(StrictModel):
     scatter_weight: float = Field(1.0, ge=0)
     shuffle_weight: float = Field(1.0, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(
+        0.0, ge=0, description="CE in the meta-train and meta-test losses (the single-source recipe: 1)"
+    )
+    virtual_clamp: Literal["straight_through", "differentiable"] = Field(
+        "straight_through",
+        description="clamp of the virtual gates: values only (the authors' code) or with its gradient",
+    )
+    warmup_iters: int = Field(10, ge=0, description="base-only iterations before the first meta step")
+
+
+def clamp_virtual(gates: Tensor, kind: str) -> Tensor:
+    """Clamp virtual gates to [0, 1]; ``straight_through`` keeps ``∂out/∂gates = 1`` everywhere."""
+    clamped = gates.clamp(0.0, 1.0)
+    if kind == "differentiable":
+        return clamped
+    return gates + (clamped - gates).detach()
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -153,6 +178,7 @@ class MetaBINMethod:
         meta: MetaStepConfig | None = None,
         *,
         seed: int = 0,
+        gate_log_every: int = 50,
     ) -> None:
         self.model = model
         self._check_optimizers(theta_optimizer, rho_optimizer)
@@ -166,6 +192,7 @@ class MetaBINMethod:
         self.transform = train_transform
         self.meta_batches = meta_batches
         self.inner_lr = inner_lr
+        self.gate_log_every = max(1, int(gate_log_every))
 
     def _check_optimizers(self, theta_opt: torch.optim.Optimizer, rho_opt: torch.optim.Optimizer) -> None:
         gate_ids = {id(g) for g in split_parameters(self.model)[1]}
@@ -191,7 +218,10 @@ class MetaBINMethod:
 
     def step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor | float]:
         metrics = self.base_step(batch, ctx)
-        metrics.update(self.meta_step(self.meta_batches(ctx.iteration), ctx))
+        if ctx.iteration >= self.meta.warmup_iters:
+            metrics.update(self.meta_step(self.meta_batches(ctx.iteration), ctx))
+        if ctx.iteration % self.gate_log_every == 0:
+            metrics.update(gate_trajectory_metrics(ctx.unwrap("model")))
         return metrics
 
     # -- the two halves
@@ -229,13 +259,18 @@ class MetaBINMethod:
         second = twice_differentiable(model) if cfg.second_order else contextlib.nullcontext()
         with running_stats_held(model), second:
             with ctx.autocast():
-                features = loss_dtype(model(images[mtrain], pids[mtrain])["features"])
+                mtrain_out = model(images[mtrain], pids[mtrain])
+            features = loss_dtype(mtrain_out["features"])
             mtrain_terms = {
                 "scatter": cfg.scatter_weight * intra_domain_scatter_loss(features, domains[mtrain]),
                 "shuffle": cfg.shuffle_weight
                 * inter_domain_shuffle_loss(features, pids[mtrain], domains[mtrain]),
                 "triplet": cfg.triplet_weight * self.loss.triplet(features, pids[mtrain]),
             }
+            if cfg.ce_weight > 0:
+                mtrain_terms["ce"] = cfg.ce_weight * self.loss.ce(
+                    loss_dtype(mtrain_out["logits"]), pids[mtrain]
+                )
             mtrain_loss = sum(mtrain_terms.values())
             assert isinstance(mtrain_loss, Tensor)
             inner = torch.autograd.grad(mtrain_loss, gates, create_graph=cfg.second_order, allow_unused=True)
@@ -244,11 +279,18 @@ class MetaBINMethod:
                 inner = [d.detach() for d in inner]
                 if ctx.world_size > 1:
                     inner = [ctx.all_reduce_mean(d) for d in inner]
-            virtual = {n: (g - beta * d).clamp(0.0, 1.0) for n, g, d in zip(names, gates, inner, strict=True)}
+            virtual = {
+                n: clamp_virtual(g - beta * d, cfg.virtual_clamp)
+                for n, g, d in zip(names, gates, inner, strict=True)
+            }
             with ctx.autocast():
                 out = functional_call(model, virtual, (images[~mtrain], pids[~mtrain]))
-            mtest_loss = self.loss.triplet(loss_dtype(out["features"]), pids[~mtrain])
-            ctx.backward_and_step({"mtest_triplet": mtest_loss}, "rho", params=gates, sync_grads=True)
+            mtest_terms = {"mtest_triplet": self.loss.triplet(loss_dtype(out["features"]), pids[~mtrain])}
+            if cfg.ce_weight > 0:
+                mtest_terms["mtest_ce"] = cfg.ce_weight * self.loss.ce(
+                    loss_dtype(out["logits"]), pids[~mtrain]
+                )
+            ctx.backward_and_step(mtest_terms, "rho", params=gates, sync_grads=True)
         clamp_gates_(model)
         logged = {f"mtrain_{k}": v.detach() for k, v in mtrain_terms.items()}
-        return {**logged, "mtest_triplet": mtest_loss.detach(), "beta": beta}
+        return {**logged, **{k: v.detach() for k, v in mtest_terms.items()}, "beta": beta}

@@ -32,6 +32,10 @@ class OptimizerConfig(StrictModel):
     pattern. Biases (names ending in ``bias``) get ``lr * bias_lr_factor`` and ``weight_decay_bias``
     (``weight_decay`` when null). BIN/MetaBIN gates (names ending in ``.rho``) get
     ``lr * gate_lr_factor`` and no weight decay (decay would pull every gate toward instance norm).
+    With ``gate_optimizer: sgd`` the gates leave this optimizer and get their own
+    (:func:`build_gate_optimizer`): plain SGD at ``lr * gate_lr_factor``, constant, no momentum, no
+    decay: exactly what MetaBIN's gates get, so a BIN baseline differs from MetaBIN only by the
+    meta-learning.
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -44,6 +48,9 @@ class OptimizerConfig(StrictModel):
     bias_lr_factor: float = Field(1.0, gt=0)
     weight_decay_bias: float | None = Field(None, ge=0)
     gate_lr_factor: float = Field(1.0, gt=0)
+    gate_optimizer: Literal["shared", "sgd"] = Field(
+        "shared", description="gates in this optimizer, or on their own plain constant SGD (MetaBIN's)"
+    )
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
 
@@ -187,7 +194,7 @@ def build_optimizer(params: ParamsLike, cfg: OptimizerConfig) -> Optimizer:
     """An optimizer over ``params`` (module, parameters, or named parameters) with bias groups."""
     chosen = _selected(_named(params), cfg)
     bias_wd = cfg.weight_decay if cfg.weight_decay_bias is None else cfg.weight_decay_bias
-    gates = [p for name, p in chosen if _is_gate(name)]
+    gates = [p for name, p in chosen if _is_gate(name)] if cfg.gate_optimizer == "shared" else []
     regular = [p for name, p in chosen if not _is_gate(name) and not (name or "").endswith("bias")]
     biases = [p for name, p in chosen if not _is_gate(name) and (name or "").endswith("bias")]
     groups = []
@@ -202,6 +209,18 @@ def build_optimizer(params: ParamsLike, cfg: OptimizerConfig) -> Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def build_gate_optimizer(params: ParamsLike, cfg: OptimizerConfig) -> torch.optim.SGD | None:
+    """With ``gate_optimizer: sgd``, plain SGD on the BIN/MetaBIN gates at ``lr * gate_lr_factor``
+    (pair it with a constant scheduler); ``None`` when the gates stay in the main optimizer or the
+    model has none."""
+    if cfg.gate_optimizer != "sgd":
+        return None
+    gates = [p for name, p in _selected(_named(params), cfg) if _is_gate(name)]
+    if not gates:
+        return None
+    return torch.optim.SGD(gates, lr=cfg.lr * cfg.gate_lr_factor, momentum=0.0, weight_decay=0.0)
 
 
 def build_scheduler(optimizer: Optimizer, cfg: SchedulerConfig, iters_per_epoch: int) -> WarmupScheduler:

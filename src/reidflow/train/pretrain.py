@@ -21,6 +21,7 @@ from reidflow.errors import ConfigError
 from reidflow.losses import CrossEntropyLabelSmooth, SoftmaxTripletLoss, TripletLoss, dual_causality_loss
 from reidflow.models.norms import clamp_gates_
 from reidflow.train.engine import StepContext
+from reidflow.train.gate_log import gate_trajectory_metrics
 
 
 class LossConfig(StrictModel):
@@ -97,10 +98,19 @@ class PretrainMethod:
         num_classes: int,
         train_transform: nn.Module,
         target: TargetBatches | None = None,
+        *,
+        gate_optimizer: torch.optim.Optimizer | None = None,
+        gate_scheduler: Any = None,
+        gate_log_every: int = 50,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
+        if (gate_optimizer is None) != (gate_scheduler is None):
+            raise ConfigError("PretrainMethod: gate_optimizer and gate_scheduler come together")
+        self.gate_optimizer = gate_optimizer
+        self.gate_scheduler = gate_scheduler
+        self.gate_log_every = max(1, int(gate_log_every))
         self.loss = SupervisedLoss(loss, num_classes)
         self.transform = train_transform
         self.target = target
@@ -109,10 +119,12 @@ class PretrainMethod:
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": self.optimizer}
+        gates = {"gates": self.gate_optimizer} if self.gate_optimizer is not None else {}
+        return {"model": self.optimizer, **gates}
 
     def schedulers(self) -> dict[str, Any]:
-        return {"model": self.scheduler}
+        gates = {"gates": self.gate_scheduler} if self.gate_scheduler is not None else {}
+        return {"model": self.scheduler, **gates}
 
     def step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor | float]:
         self.transform.to(ctx.device)
@@ -122,12 +134,15 @@ class PretrainMethod:
         with ctx.autocast():
             out = model(images, labels)
         terms, logits = self.loss(out, labels)
-        ctx.backward_and_step(terms, "model")
-        clamp_gates_(ctx.unwrap("model"))  # BIN gates (trained with θ here) stay in [0, 1]
+        ctx.backward_and_step(terms, ("model", "gates") if self.gate_optimizer is not None else "model")
+        clamp_gates_(ctx.unwrap("model"))  # BIN gates stay in [0, 1]
         if self.target is not None:
             self._adapt_bn(ctx)
         acc = (logits.detach().argmax(1) == labels).float().mean()
-        return {**{k: v.detach() for k, v in terms.items()}, "acc": acc}
+        metrics = {**{k: v.detach() for k, v in terms.items()}, "acc": acc}
+        if ctx.iteration % self.gate_log_every == 0:
+            metrics.update(gate_trajectory_metrics(ctx.unwrap("model")))
+        return metrics
 
     @torch.no_grad()
     def _adapt_bn(self, ctx: StepContext) -> None:
