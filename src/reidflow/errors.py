@@ -37,3 +37,17 @@ class DataError(ReidflowError):
 
 class ArtifactError(ReidflowError):
     """An artifact directory is missing, incomplete or fails verification."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line for the CLI.
+
+    An error re-raised by a DataLoader worker carries the worker's traceback in its message
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); only the original
+    error's own message is kept.
+    """
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
+    return " ".join(text.split())

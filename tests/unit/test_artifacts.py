@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,7 @@ def test_raw_input_inside_an_artifact_links_to_it(tmp_path, monkeypatch):
     ref = raw.ref()
     assert ref.extra["within"] == "data/synth"
     shards = make_artifact(Path("shards"), {"s.tar": b"t"}, inputs=[raw], stage="shard")
-    assert verify(str(shards)) == ["shards", "data/synth/dom", "data/synth"]
+    assert verify(str(shards)) == ["shards", "data/synth", "data/synth/dom"]  # the writer first
     text = "\n".join(render_text(load_tree(str(shards))))
     assert "raw data data/synth/dom" in text and "synth [test] data/synth" in text
     (synth / "other.txt").write_text("not listed")
@@ -168,3 +169,216 @@ def test_shared_ancestors_are_rendered_once_and_started_is_kept(tmp_path, monkey
     text = render_text(load_tree("b"))
     assert sum("shard [test] a" in line for line in text) == 2 and text[-1].endswith("(shown above)")
     assert json.loads(Path("b/lineage.json").read_text())["started"] == "2020-01-01T00:00:00+00:00"
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 16: nothing lost, nothing forged
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def rewrite_lineage(path: Path, edit) -> None:
+    record = json.loads((path / "lineage.json").read_text())
+    edit(record)
+    (path / "lineage.json").write_text(json.dumps(record, indent=2))
+
+
+@pytest.mark.parametrize("key", ["../../escaped.txt", "/tmp/abs.txt", "a/../../b", "./a", "a//b", "a\\..\\b"])
+def test_file_keys_in_a_record_are_checked_before_any_io(tmp_path, key):
+    art = make_artifact(tmp_path / "a", {"w.bin": b"123"})
+    rewrite_lineage(art, lambda r: r["artifact"]["files"].update({key: r["artifact"]["files"]["w.bin"]}))
+    with pytest.raises(ArtifactError, match="not a relative, normalized path"):
+        open_input("x", art)
+    with pytest.raises(ArtifactError, match="not a relative, normalized path"):
+        verify(str(art))
+
+
+def test_symlink_leading_out_of_an_artifact_is_refused(tmp_path):
+    art = make_artifact(tmp_path / "a", {"w.bin": b"123"})
+    (tmp_path / "outside.bin").write_bytes(b"123")
+    (art / "w.bin").unlink()
+    (art / "w.bin").symlink_to(tmp_path / "outside.bin")
+    with pytest.raises(ArtifactError, match="leads outside the artifact"):
+        open_input("x", art)
+
+
+def test_output_replaces_only_a_reidflow_artifact(tmp_path):
+    from reidflow.errors import ConfigError
+    from reidflow.store.artifacts import check_output
+
+    dataset = tmp_path / "raw"
+    (dataset / "bounding_box_train").mkdir(parents=True)
+    (dataset / "bounding_box_train" / "0001_c1s1_000001_00.jpg").write_bytes(b"\xff\xd8img")
+    with pytest.raises(ArtifactError, match="is not a reidflow artifact"):
+        make_artifact(dataset, {"w.bin": b"1"})
+    assert (dataset / "bounding_box_train" / "0001_c1s1_000001_00.jpg").read_bytes() == b"\xff\xd8img"
+    (tmp_path / "file.txt").write_text("keep")
+    with pytest.raises(ArtifactError, match="not a directory"):
+        check_output(tmp_path / "file.txt")
+    broken = make_artifact(tmp_path / "broken", {"w.bin": b"1"})
+    (broken / "lineage.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="refusing to replace"):
+        check_output(broken)
+    (tmp_path / "empty").mkdir()
+    make_artifact(tmp_path / "empty", {"w.bin": b"1"})  # an empty folder holds nothing to lose
+    make_artifact(tmp_path / "empty", {"w.bin": b"2"})  # a previous artifact is replaced
+    assert (tmp_path / "empty" / "w.bin").read_bytes() == b"2"
+    for bad in ("", "   ", "http://x/y", "s3://ab/x", "s3://bucket/a/../b", "s3://user:pw@bucket/x"):
+        with pytest.raises(ConfigError) as err:
+            check_output(bad)
+        assert "pw" not in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "http:").exists() and not Path("http:").exists()
+
+
+def test_interrupted_replace_is_recovered_on_next_access(tmp_path):
+    import socket
+
+    dest = make_artifact(tmp_path / "model", {"w.bin": b"old"})
+    # a writer killed between its two renames: the old artifact sits under its .old-* name
+    side = tmp_path / f".model.old-{dead_pid()}-0123abcd-{socket.gethostname()}"
+    dest.rename(side)
+    stale_tmp = tmp_path / f".model.tmp-{dead_pid()}-89abcdef-{socket.gethostname()}"
+    stale_tmp.mkdir()
+    (stale_tmp / "half.bin").write_bytes(b"x")
+    got = open_input("m", dest)
+    assert (got.path / "w.bin").read_bytes() == b"old" and not side.exists() and not stale_tmp.exists()
+    # an .old-* left after a completed swap is removed; a live writer's folders are left alone
+    done = tmp_path / f".model.old-{dead_pid()}-00000000-{socket.gethostname()}"
+    done.mkdir()
+    live = tmp_path / f".model.tmp-{os.getpid()}-11111111-{socket.gethostname()}"
+    live.mkdir()
+    make_artifact(dest, {"w.bin": b"new"})
+    assert not done.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", live.name])
+
+
+def test_a_changed_input_is_refused_and_the_child_records_what_it_read(tmp_path, monkeypatch):
+    parent = make_artifact(tmp_path / "p", {"shard.tar": b"abcdef"})
+    read = open_input("p", parent)
+    child = make_artifact(tmp_path / "c", {"m.bin": b"1"}, inputs=[read])
+    pinned = json.loads((child / "lineage.json").read_text())["inputs"][0]
+    assert pinned["digest"] == read.digest and pinned["record_digest"] == read.record_digest
+    (parent / "shard.tar").write_bytes(b"abcdeX")  # same size: only the hash sees it
+    with pytest.raises(ArtifactError, match="file shard.tar changed: sha256"):
+        open_input("p", parent)
+    monkeypatch.setenv("REIDFLOW_VERIFY_INPUTS", "size")  # the documented opt-out: sizes only
+    assert open_input("p", parent).digest == read.digest
+    (parent / "shard.tar").write_bytes(b"abcdefg")
+    with pytest.raises(ArtifactError, match="file shard.tar changed: 7 bytes, lineage recorded 6"):
+        open_input("p", parent)
+
+
+VOLATILE_EDITS = {
+    "started": lambda r: r.update(started="1999-01-01T00:00:00+00:00"),
+    "finished": lambda r: r.update(finished="1999-01-01T00:00:00+00:00"),
+    "runtime.host": lambda r: r["runtime"].update(host="elsewhere"),
+    "runtime.run_id": lambda r: r["runtime"].update(run_id="other"),
+    "artifact.uri": lambda r: r["artifact"].update(uri="moved/there"),
+}
+RECORD_EDITS = {
+    "params": lambda r: r["params"].update(x=2),
+    "params_digest": lambda r: r.update(params_digest="sha256:q"),
+    "seed": lambda r: r.update(seed=2),
+    "stage": lambda r: r.update(stage="other"),
+    "metrics": lambda r: r["metrics"].update(score=0.9),
+    "code.version": lambda r: r["code"].update(version="0.0.0"),
+    "runtime.device": lambda r: r["runtime"].update(device="cuda"),
+    "artifact.kind": lambda r: r["artifact"].update(kind="model"),
+    "inputs": lambda r: r["inputs"].append({"name": "x", "uri": "elsewhere", "digest": "sha256:" + "1" * 64}),
+}
+
+
+@pytest.mark.parametrize("field", sorted(RECORD_EDITS))
+def test_editing_an_ancestor_record_fails_verify(tmp_path, field):
+    parent = make_artifact(tmp_path / "p", {"shard.tar": b"abc"})
+    child = make_artifact(tmp_path / "c", {"m.bin": b"1"}, inputs=[open_input("p", parent)])
+    assert verify(str(child)) == [str(child), str(parent)]
+    rewrite_lineage(parent, RECORD_EDITS[field])
+    with pytest.raises(ArtifactError, match="was edited after it was written"):
+        verify(str(child))
+
+    # a forger who also rewrites the record digest is caught by the digest the child pinned
+    def forge(record):
+        from reidflow.store.lineage import record_digest
+
+        record["artifact"]["record_digest"] = record_digest(record)
+
+    rewrite_lineage(parent, forge)
+    with pytest.raises(ArtifactError, match="changed since its child read it"):
+        verify(str(child))
+
+
+@pytest.mark.parametrize("field", sorted(VOLATILE_EDITS))
+def test_volatile_fields_are_documented_and_not_pinned(tmp_path, field):
+    from reidflow.store.lineage import VOLATILE_FIELDS
+
+    assert field in VOLATILE_FIELDS
+    parent = make_artifact(tmp_path / "p", {"shard.tar": b"abc"})
+    child = make_artifact(tmp_path / "c", {"m.bin": b"1"}, inputs=[open_input("p", parent)])
+    rewrite_lineage(parent, VOLATILE_EDITS[field])
+    assert verify(str(child)) == [str(child), str(parent)]
+
+
+def test_forged_file_lists_and_digests_fail_verify(tmp_path):
+    art = make_artifact(tmp_path / "a", {"w.bin": b"123"})
+    rewrite_lineage(art, lambda r: r["artifact"]["files"].pop("w.bin"))
+    with pytest.raises(ArtifactError):
+        verify(str(art))
+    art = make_artifact(tmp_path / "b", {"w.bin": b"123"})
+    rewrite_lineage(art, lambda r: r["artifact"].update(digest="sha256:" + "0" * 64))
+    with pytest.raises(ArtifactError, match="digest does not match its file list"):
+        verify(str(art))
+    art = make_artifact(tmp_path / "c", {"w.bin": b"123"})
+    rewrite_lineage(art, lambda r: r["artifact"].update(digest="../../x"))
+    with pytest.raises(ArtifactError, match="is not a digest"):
+        open_input("c", art)
+
+
+def test_verify_names_the_changed_raw_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw" / "sub").mkdir(parents=True)
+    (tmp_path / "raw" / "sub" / "0001_c1.jpg").write_bytes(b"\xff\xd8one")
+    (tmp_path / "raw" / "0002_c2.jpg").write_bytes(b"\xff\xd8two")
+    shards = make_artifact(
+        Path("shards"), {"s.tar": b"t"}, inputs=[open_input("raw", "raw", require_artifact=False)]
+    )
+    (tmp_path / "raw" / "sub" / "0001_c1.jpg").write_bytes(b"\xff\xd8ONE")
+    with pytest.raises(ArtifactError, match=r"raw input 'raw' changed: file sub/0001_c1.jpg changed"):
+        verify(str(shards))
+    (tmp_path / "raw" / "sub" / "0001_c1.jpg").write_bytes(b"\xff\xd8one")
+    (tmp_path / "raw" / "0003_c1.jpg").write_bytes(b"\xff\xd8new")
+    with pytest.raises(ArtifactError, match="file 0003_c1.jpg was added"):
+        verify(str(shards))
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from reidflow.errors import ConfigError
+    from reidflow.store.locks import RunLock
+
+    lock_path = tmp_path / "out.ckpt.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_path.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": "t"}))
+        with pytest.raises(ConfigError, match=rf"another run is writing .*pid {holder.pid} on"):
+            RunLock(lock_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(lock_path):  # the holder is gone: its lock is stale
+        assert json.loads(lock_path.read_text())["pid"] == os.getpid()
+    assert not lock_path.exists()
+    lock_path.write_text(json.dumps({"pid": 1, "host": "another-host", "since": "t"}))
+    with pytest.raises(ConfigError, match="on another-host"):  # cannot be checked from here
+        RunLock(lock_path).acquire()

@@ -196,3 +196,23 @@ def test_broken_checkpoints_give_clear_errors(tmp_path: Path) -> None:
         ck.load_checkpoint(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="module name 'a/b'"):
         ck.save_checkpoint(tmp_path, ck.TrainingState(2, 0, 2, modules={"a/b": net}))
+
+
+def test_folders_of_a_writer_killed_mid_save_are_removed(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    stale = tmp_path / f".tmp-ckpt-00000004-{gone.pid}-{host}"
+    stale.mkdir()
+    (stale / "model-net.safetensors").write_bytes(b"half")
+    live = tmp_path / f".tmp-ckpt-00000004-{os.getpid()}-{host}"  # this process: still running
+    live.mkdir()
+    other_host = tmp_path / f".trash-ckpt-00000002-{gone.pid}-elsewhere"  # cannot be checked from here
+    other_host.mkdir()
+    ck.save_checkpoint(tmp_path, make_state(1, nn.Linear(2, 2)))
+    assert not stale.exists() and live.exists() and other_host.exists()

@@ -115,7 +115,7 @@ def _decode(entry: _Entry, colour: ColourStats | None) -> _Image:
             fmt = image.format or "unknown"
             rgb = image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{entry.file}: not a decodable image ({exc})") from exc
+        raise DataError(f"{entry.file}: not a decodable image ({_stable_reason(exc)})") from exc
     if colour is not None:
         colour.add(entry.sample.domain, entry.sample.camid, np.asarray(rgb))
     if fmt in JPEG_FORMATS:
@@ -123,6 +123,17 @@ def _decode(entry: _Entry, colour: ColourStats | None) -> _Image:
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=CONVERTED_JPEG_QUALITY)
     return _Image(buffer.getvalue(), rgb.width, rgb.height, fmt.lower())
+
+
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|\s+at 0x[0-9a-fA-F]+")
+
+
+def _stable_reason(exc: BaseException) -> str:
+    """The decoder's reason without object reprs and memory addresses, which differ between runs
+    (skip reasons go into the dataset card, whose digest must be reproducible)."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "cannot identify the image format"
+    return _ADDRESS.sub("", str(exc)).strip() or type(exc).__name__
 
 
 def _member_bytes(name: str, size: int) -> int:

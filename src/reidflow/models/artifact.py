@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reidflow.errors import ArtifactError
 from reidflow.models.reid_model import ModelConfig, ReIDModel, build_reid_model
+from reidflow.store.scrub import scrub
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -28,7 +30,10 @@ def save_model_artifact(
     std: tuple[float, ...],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write weights (safetensors, contiguous CPU copies) and the metadata that rebuilds the model."""
+    """Write weights (safetensors, contiguous CPU copies) and the metadata that rebuilds the model.
+
+    The metadata is scrubbed like lineage: a signed URL or credentials given as ``model.pretrained``
+    never reach ``model.json``."""
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
     meta = {
@@ -37,7 +42,7 @@ def save_model_artifact(
         "normalize": {"mean": list(mean), "std": list(std)},
         **(extra or {}),
     }
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / META_FILE).write_text(json.dumps(scrub(meta), indent=2) + "\n")
 
 
 def load_model_artifact(
@@ -49,12 +54,16 @@ def load_model_artifact(
     if not meta_path.is_file() or not weights.is_file():
         raise ArtifactError(f"{directory}: not a model artifact (expected {META_FILE} and {WEIGHTS_FILE})")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         cfg = ModelConfig.from_mapping({**meta["model"], "pretrained": None}, where=f"{meta_path}: model")
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{meta_path}: invalid model metadata ({exc})") from None
     model = build_reid_model(cfg)
-    state = load_file(str(weights), device="cpu")
+    try:  # never unpickled: a pickle (or anything else) posing as safetensors is refused here
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise ArtifactError(f"{weights}: not a safetensors file ({detail})") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

@@ -8,7 +8,7 @@ from typing import Any
 
 from reidflow.errors import ArtifactError
 from reidflow.store.artifacts import open_input
-from reidflow.store.digests import combined_digest, file_sha256, tree_digests
+from reidflow.store.digests import tree_digests
 from reidflow.store.lineage import LINEAGE_FILE
 from reidflow.store.uri import parse_uri
 
@@ -63,35 +63,40 @@ def load_tree(
 
 
 def verify(uri: str, base: Path | None = None) -> list[str]:
-    """Re-hash the artifact and every ancestor; raise ArtifactError naming the first mismatch."""
+    """Re-hash the artifact and every ancestor; raise ArtifactError naming the first mismatch.
+
+    Checked for each artifact: every file key is a safe relative path, every listed file exists with
+    its recorded size and SHA-256, no unlisted file is present (local), the file list gives the
+    artifact digest, the record itself (minus its volatile fields) gives its ``record_digest``, and
+    both digests equal what its child pinned. A raw-data input is re-hashed and, when it changed,
+    the file is named from the child's ``raw_inputs.json``.
+    """
     checked: list[str] = []
     _verify(uri, "artifact", None, base, checked, set())
     return checked
 
 
 def _verify(
-    uri: str, name: str, expected: str | None, base: Path | None, checked: list[str], seen: set[str]
+    uri: str,
+    name: str,
+    pinned: dict[str, Any] | None,
+    base: Path | None,
+    checked: list[str],
+    seen: set[str],
+    child: Any = None,
 ) -> None:
     resolved = _resolve(uri, base)
     if resolved in seen:
         return
     seen.add(resolved)
+    expected = pinned.get("digest") if pinned else None
     art = open_input(name, resolved, require_artifact=False, fresh=True)
     if art.lineage is None:
         if expected is not None and art.digest != expected:
-            raise ArtifactError(
-                f"{uri}: raw input {name!r} changed: digest {art.digest}, lineage recorded {expected}"
-            )
+            raise ArtifactError(f"{uri}: raw input {name!r} changed: {_raw_change(art, name, child)}")
         checked.append(uri)
         return
     files = art.lineage["artifact"]["files"]
-    for rel, digest in sorted(files.items()):
-        path = art.path / rel
-        if not path.is_file():
-            raise ArtifactError(f"{uri}: file {rel} listed in {LINEAGE_FILE} is missing")
-        got = file_sha256(path)
-        if got != digest:
-            raise ArtifactError(f"{uri}: file {rel} changed: sha256 {got}, lineage recorded {digest}")
     extra = (
         sorted(set(tree_digests(art.path, exclude=frozenset({LINEAGE_FILE}))) - set(files))
         if art.path.is_dir()
@@ -99,18 +104,56 @@ def _verify(
     )
     if extra and not parse_uri(resolved).is_s3:
         raise ArtifactError(f"{uri}: file {extra[0]} is not listed in {LINEAGE_FILE}")
-    if combined_digest(files) != art.lineage["artifact"]["digest"]:
-        raise ArtifactError(f"{uri}: artifact digest does not match its file list in {LINEAGE_FILE}")
-    if expected is not None and art.lineage["artifact"]["digest"] != expected:
+    stored = art.lineage["artifact"].get("record_digest")
+    if stored is not None and stored != art.record_digest:
         raise ArtifactError(
-            f"{uri}: artifact {name!r} was replaced: digest {art.lineage['artifact']['digest']}, "
-            f"its child recorded {expected}"
+            f"{uri}: {LINEAGE_FILE} was edited after it was written: its fields give record digest "
+            f"{art.record_digest}, it records {stored}"
+        )
+    if expected is not None and art.digest != expected:
+        raise ArtifactError(
+            f"{uri}: artifact {name!r} was replaced: digest {art.digest}, its child recorded {expected}"
+        )
+    pinned_record = pinned.get("record_digest") if pinned else None
+    if pinned_record is not None and art.record_digest != pinned_record:
+        raise ArtifactError(
+            f"{uri}: {LINEAGE_FILE} of artifact {name!r} changed since its child read it: record digest "
+            f"{art.record_digest}, its child recorded {pinned_record}"
         )
     checked.append(uri)
     for inp in art.lineage.get("inputs", []):
-        _verify(inp["uri"], inp["name"], inp["digest"], base, checked, seen)
-        if inp.get("within"):
-            _verify(inp["within"], "written by", inp.get("within_digest"), base, checked, seen)
+        if inp.get("within"):  # the artifact that wrote a raw input first: it names a changed file
+            _verify(
+                inp["within"], "written by", {"digest": inp.get("within_digest")}, base, checked, seen, art
+            )
+        _verify(inp["uri"], inp["name"], inp, base, checked, seen, art)
+
+
+def _raw_change(art: Any, name: str, child: Any) -> str:
+    """Which file of a raw input differs from what the child read (its ``raw_inputs.json``)."""
+    import json
+
+    from reidflow.store.artifacts import RAW_INPUTS_FILE
+
+    summary = f"digest {art.digest}"
+    recorded_file = child.path / RAW_INPUTS_FILE if child is not None else None
+    if recorded_file is None or not recorded_file.is_file():
+        return summary
+    try:
+        recorded = json.loads(recorded_file.read_text()).get(name)
+    except (ValueError, AttributeError):
+        return summary
+    if not isinstance(recorded, dict) or art.raw_files is None:
+        return summary
+    now = art.raw_files
+    for rel in sorted(set(recorded) | set(now)):
+        if rel not in now:
+            return f"file {rel} is missing"
+        if rel not in recorded:
+            return f"file {rel} was added"
+        if recorded[rel] != now[rel]:
+            return f"file {rel} changed: sha256 {now[rel]}, lineage recorded {recorded[rel]}"
+    return summary
 
 
 def render_text(node: Node) -> list[str]:

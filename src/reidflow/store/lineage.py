@@ -1,14 +1,16 @@
 """lineage.json: which data, params, code and runtime made an artifact.
 
-Schema ``reidflow.lineage/1`` (DESIGN.md). Secrets never enter a lineage record: params and URIs are
-scrubbed (credential-looking keys, URL user-info, signed-URL query strings) before they are written.
+Schema ``reidflow.lineage/1`` (README.md, "Lineage"). Secrets never enter a lineage record: params and URIs are
+scrubbed (:mod:`reidflow.store.scrub`) before they are written.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import os
 import platform
-import re
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -17,40 +19,42 @@ from pathlib import Path
 from typing import Any
 
 import reidflow
+from reidflow.store.scrub import scrub
 
 SCHEMA = "reidflow.lineage/1"
 LINEAGE_FILE = "lineage.json"
 METRICS_FILE = "metrics.json"
 
-_SECRET_KEY = re.compile(
-    r"(secret|password|passwd|token|credential|access[_-]?key|private[_-]?key|session)", re.IGNORECASE
+VOLATILE_FIELDS = (
+    "started",
+    "finished",
+    "artifact.uri",
+    "artifact.record_digest",
+    "runtime.host",
+    "runtime.run_id",
+    "runtime.orchestrator",
+    "runtime.image",
 )
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
-_SIGNED_QUERY = re.compile(
-    r"\?[^\s\"']*(X-Amz-|Signature=|AWSAccessKeyId=|sig=|token=)[^\s\"']*", re.IGNORECASE
-)
+"""Record fields left out of the record digest: when and where a run happened, not what it made.
+
+Everything else (kind, files, sizes, file digest, stage, params, params digest, seed, inputs with the
+digests they pinned, code version and commit, python/torch/device, metrics) is covered by
+``artifact.record_digest``, which children pin next to the file digest: editing any of it in an
+ancestor's ``lineage.json`` fails ``reidflow lineage verify``."""
 
 
-def scrub(value: Any) -> Any:
-    """Remove anything that may be a credential from params, URIs and messages."""
-    if isinstance(value, dict):
-        return {
-            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else scrub(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [scrub(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(scrub(v) for v in value)
-    if isinstance(value, str):
-        text = _URL_USERINFO.sub(r"\g<scheme>***@", value)
-        text = _SIGNED_QUERY.sub("?***", text)
-        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-            secret = os.environ.get(name)
-            if secret and len(secret) >= 4 and secret in text:
-                text = text.replace(secret, "***")
-        return text
-    return value
+def record_digest(record: dict[str, Any]) -> str:
+    """Digest of ``record`` without its :data:`VOLATILE_FIELDS` (canonical JSON)."""
+    stable = copy.deepcopy(record)
+    for dotted in VOLATILE_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node: Any = stable
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    blob = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
 @dataclass
@@ -80,9 +84,11 @@ class InputRef:
     uri: str
     digest: str
     extra: dict[str, Any] = field(default_factory=dict)
+    record_digest: str | None = None  # the parent's record digest as read (None for raw data)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "uri": scrub(self.uri), "digest": self.digest, **self.extra}
+        pinned = {"record_digest": self.record_digest} if self.record_digest else {}
+        return {"name": self.name, "uri": scrub(self.uri), "digest": self.digest, **pinned, **self.extra}
 
 
 def git_info(start: Path | None = None) -> dict[str, Any]:
@@ -142,10 +148,15 @@ def build_record(
     device: str,
     started: str,
     metrics: dict[str, Any] | None,
+    sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The record of a finished artifact; ``artifact.record_digest`` covers all but the volatile fields."""
+    artifact: dict[str, Any] = {"kind": kind, "uri": scrub(uri), "files": files, "digest": digest}
+    if sizes is not None:
+        artifact["sizes"] = sizes
+    record = {
         "schema": SCHEMA,
-        "artifact": {"kind": kind, "uri": scrub(uri), "files": files, "digest": digest},
+        "artifact": artifact,
         "stage": ctx.stage_name or stage,
         "params": scrub(params),
         "params_digest": params_digest,
@@ -157,3 +168,6 @@ def build_record(
         "finished": now_iso(),
         "metrics": scrub(metrics or {}),
     }
+    # over the record as a reader will parse it (JSON has no tuples, no int keys)
+    artifact["record_digest"] = record_digest(json.loads(json.dumps(record, default=str)))
+    return record

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,8 +197,9 @@ def save_checkpoint(root: str | Path, state: TrainingState, keep_last: int | Non
     """Write ``<root>/ckpt-<iteration>/`` atomically, update ``latest`` and prune old checkpoints."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
     final = root / checkpoint_dir_name(state.iteration)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}-{socket.gethostname()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -257,12 +259,29 @@ def _fsync_dir(directory: Path) -> None:
 
 def _replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():  # e.g. a run resumed from an earlier checkpoint reaches this iteration again
-        trash = dst.with_name(f".trash-{dst.name}-{os.getpid()}")
+        trash = dst.with_name(f".trash-{dst.name}-{os.getpid()}-{socket.gethostname()}")
         os.rename(dst, trash)
         os.rename(src, dst)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(src, dst)
+
+
+_TEMPORARY = re.compile(r"^\.(?:tmp|trash)-ckpt-\d+-(?P<pid>\d+)-(?P<host>.+)$")
+
+
+def remove_stale_temporaries(root: str | Path) -> list[str]:
+    """Remove ``.tmp-*``/``.trash-*`` folders that writers killed mid-save left in ``root`` (only those
+    of processes of this host that no longer run); returns their names."""
+    from reidflow.store.locks import holder_alive
+
+    removed = []
+    for path in Path(root).iterdir() if Path(root).is_dir() else []:
+        match = _TEMPORARY.match(path.name)
+        if match and not holder_alive(int(match["pid"]), match["host"]):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 def _write_latest(root: Path, name: str) -> None:

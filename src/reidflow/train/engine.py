@@ -48,6 +48,8 @@ Optional
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -64,6 +66,7 @@ from torch.utils.data import DataLoader
 
 from reidflow.config import StrictModel
 from reidflow.errors import ConfigError, DataError
+from reidflow.store.locks import RunLock
 from reidflow.train import checkpoint as ckpt_io
 from reidflow.train import distributed as ddp
 from reidflow.train.context import StepContext, TrainingDiverged
@@ -89,6 +92,46 @@ __all__ = [
 ]
 
 log = logging.getLogger("reidflow.train")
+
+RESUMABLE_KEYS = (
+    "engine.log_every",
+    "engine.checkpoint_every",
+    "engine.keep_last",
+    "engine.max_iters",
+    "num_workers",
+    "eval",
+    "keep_checkpoints",
+    "checkpoint_dir",
+    "name",
+)
+"""Params (dotted keys of a training stage's section, or their parents) that may differ between a
+run and its ``--resume``: they change logging, checkpoint cadence, where the run stops, loader
+workers (resume is exact with workers) or what happens after training, never the trained weights.
+Any other difference is refused, naming the keys."""
+
+
+def changed_keys(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two params mappings (added and removed keys too)."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(current), key=str):
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved or key not in current:
+                out.append(dotted)
+            else:
+                out += changed_keys(saved[key], current[key], dotted)
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)) and len(saved) == len(current):
+        return [
+            k
+            for i, (a, b) in enumerate(zip(saved, current, strict=True))
+            for k in changed_keys(a, b, f"{prefix}.{i}")
+        ]
+    return [] if saved == current else [prefix or "<params>"]
+
+
+def _resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_KEYS)
 
 
 class EngineConfig(StrictModel):
@@ -190,7 +233,13 @@ class Engine:
         checkpoint_dir: str | Path | None = None,
         hooks: Sequence[Hook] = (),
         default_hooks: bool = True,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
+        """``params``: the stage's resolved params section (JSON-able). It is stored in every
+        checkpoint, and ``fit(resume=True)`` refuses a checkpoint made with params that differ outside
+        :data:`RESUMABLE_KEYS`. The checkpoint directory is locked (``<checkpoint_dir>.lock``, naming
+        this process and host) from ``fit`` until the process ends, so a second run writing the same
+        output is refused instead of sharing the checkpoints."""
         missing = [
             f"{a}()"
             for a in ("modules", "optimizers", "schedulers", "step")
@@ -205,6 +254,8 @@ class Engine:
         self.loader = loader
         self.cfg = cfg
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.params = dict(params) if params is not None else None
+        self.lock: RunLock | None = None
         self.history = MetricsHistoryHook()
         self.hooks: list[Hook] = [self.history]
         if default_hooks:
@@ -284,6 +335,9 @@ class Engine:
                 "iters_per_epoch": self.iters_per_epoch,
                 "max_iters": self.max_iters,
                 "seed": self.cfg.seed,
+                "params": self.params,
+                # the training curve so far: a resumed run's history equals an uninterrupted one's
+                "history": self.history.records,
             },
         )
 
@@ -317,16 +371,31 @@ class Engine:
         if not resume:
             if existing is not None:
                 raise ConfigError(
-                    f"{self.checkpoint_dir}: already holds checkpoints (latest {existing.name}); resume=True to "
-                    "continue them, or use an empty checkpoint directory"
+                    f"{self.checkpoint_dir}: already holds checkpoints (latest {existing.name}); pass --resume "
+                    "to continue them, or use an empty checkpoint directory"
                 )
             return None
         if self.checkpoint_dir is None:
-            raise ConfigError("engine: resume=True needs a checkpoint_dir")
+            raise ConfigError("--resume needs a checkpoint directory (checkpoint_dir)")
         if existing is None:
-            log.info("resume requested but %s holds no checkpoint; starting fresh", self.checkpoint_dir)
+            log.info("--resume given but %s holds no checkpoint; starting fresh", self.checkpoint_dir)
             return None
-        return ckpt_io.load_checkpoint(existing)
+        ckpt = ckpt_io.load_checkpoint(existing)
+        self._check_resume_params(ckpt)
+        return ckpt
+
+    def _check_resume_params(self, ckpt: ckpt_io.Checkpoint) -> None:
+        saved = ckpt.metadata.get("params")
+        if saved is None or self.params is None:
+            return
+        current = json.loads(json.dumps(self.params, default=str))
+        refused = [k for k in changed_keys(saved, current) if not _resumable(k)]
+        if refused:
+            shown = ", ".join(refused[:8]) + (f" (+{len(refused) - 8} more)" if len(refused) > 8 else "")
+            raise ConfigError(
+                f"--resume: {ckpt.path} was trained with different params: {shown} changed; restore them "
+                f"or start a fresh run (on resume only {', '.join(RESUMABLE_KEYS)} may change)"
+            )
 
     def _restore(self, ckpt: ckpt_io.Checkpoint) -> None:
         ckpt_io.restore(ckpt, self.raw_modules, self.optimizers, self.schedulers, self.scaler)
@@ -348,6 +417,12 @@ class Engine:
     def fit(self, resume: bool = False) -> TrainResult:
         """Train to the configured length; with ``resume`` continue from the latest checkpoint."""
         self.dist = ddp.current()
+        if self.checkpoint_dir is not None and self.dist.is_main and self.lock is None:
+            lock = RunLock(
+                self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".lock"), "these checkpoints"
+            )
+            self.lock = lock.acquire()
+            atexit.register(lock.release)
         self.device = resolve_device(self.cfg.device, self.dist.local_rank)
         self.amp_dtype = resolve_amp(self.cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
@@ -362,6 +437,8 @@ class Engine:
         if ckpt is not None:
             self._restore(ckpt)
             start = ckpt.iteration
+            saved = ckpt.metadata.get("history") or []
+            self.history.records = [dict(r) for r in saved if int(r.get("iteration", 0)) <= start]
         else:
             seed_everything(derive_seed(self.cfg.seed, self.dist.rank))
             for name, module in self.raw_modules.items():
