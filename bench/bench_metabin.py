@@ -9,7 +9,7 @@
 
 Each method runs through its real ``step()`` with the StepContext of a bound :class:`Engine` (CPU,
 no AMP); the engine's per-iteration scheduler step is included, its logging/metric reduction is not.
-Optimizers as the MetaBIN stage builds them (REFERENCE.md): θ SGD lr 0.01, m 0.9, wd 5e-4, bias lr
+Optimizers as the MetaBIN stage builds them (docs/methods/metabin.md): θ SGD lr 0.01, m 0.9, wd 5e-4, bias lr
 ×2; ρ plain SGD lr 0.1; β from :class:`CyclicInnerLR`. Data: fixed-seed noise images, base batch
 P×K = 16×4, meta batch 3 domains × 4 ids × 4 images; no augmentation (identity transform), so only
 the training step is timed.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The embedded default: synthetic multi-domain data -> dvc repro (shards, models, evaluation).
-# Idempotent: unchanged data and stages are reused; only what changed is recomputed.
+# The embedded default: dvc repro runs synth (synthetic multi-domain data) -> shards -> models ->
+# evaluation. Idempotent: unchanged data and stages are reused; only what changed is recomputed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
@@ -11,9 +11,7 @@ if ! git rev-parse --git-dir >/dev/null 2>&1; then
   echo "make demo runs dvc inside a git checkout; clone the repository (git clone ...) and retry" >&2
   exit 2
 fi
-reidflow synth --output data/synth --reuse
-dvc add -q data            # data.dvc records the raw data's md5 (unchanged when the bytes are the same)
-dvc repro
+dvc repro                  # the synthetic domains are the `synth` stage's output (data/synth)
 echo
 echo "== results (all metrics: dvc metrics show; plots: dvc plots show)"
 "$BIN/python" - <<'PY'

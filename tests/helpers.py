@@ -61,7 +61,7 @@ def tiny_params(data_root: str = "data/synth", all_domains: bool = False) -> dic
     m["transforms"] = {**m["transforms"], "height": 64, "width": 32}
     m["sampler"] = {"P": 4, "K": 2}
     m["meta_batch"] = {"ids_per_domain": 2, "K": 2, "domains": "dataset"}
-    m["meta"] = {**m["meta"], "n_mtrain": 1}  # the default chain has two sources
+    m["meta"] = {**m["meta"], "n_mtrain": 1, "warmup_iters": 1}  # two sources; a base-only step, then meta
     m["engine"] = {**m["engine"], "epochs": 1, "max_iters": 3, "checkpoint_every": 2, "log_every": 1}
     m["scheduler"] = {"kind": "constant", "warmup": 0}
     m["num_workers"] = 0

@@ -46,3 +46,30 @@ def test_success_then_failure_keeps_last_success(pushgateway, monkeypatch):
 def test_unreachable_gateway_does_not_fail_the_stage():
     m = StageMetrics(stage="evaluate")
     m.finish(success=True, gateway="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [(None, "1 skipped"), ("", "1 skipped"), ("true", "1 error")])
+def test_missing_pushgateway_skips_outside_ci_and_fails_in_ci(tmp_path, ci, outcome):
+    """`make test` on a laptop without the binary skips the Pushgateway test; CI must not."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PATH"] = str(tmp_path)  # an empty folder: no prometheus-pushgateway on PATH
+    if ci is not None:
+        env["CI"] = ci
+    root = Path(__file__).resolve().parents[2]
+    test = "tests/integration/test_pushgateway.py::test_success_then_failure_keeps_last_success"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert outcome in result.stdout, result.stdout[-2000:]
+    assert "prometheus-pushgateway is not installed" in result.stdout

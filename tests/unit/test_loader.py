@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +13,6 @@ from reidflow.data.loader import (
     IndexedImageDataset,
     make_eval_loader,
     make_train_loader,
-    stream_shards,
 )
 from reidflow.data.opener import LocalOpener
 from reidflow.data.sample import Sample
@@ -95,23 +93,6 @@ def test_eval_loader_parts_merge_back_in_order(index: ShardIndex, world_size: in
             _check_items(index, dataset, batch)
         parts.append(torch.cat([b["index"] for b in batches]))
     assert SequentialSampler.merge(parts, len(dataset)).tolist() == list(range(len(dataset)))
-
-
-def test_stream_shards_yields_the_same_items(index: ShardIndex) -> None:
-    dataset = IndexedImageDataset(index, LocalOpener(index.root), H, W)
-    streamed = list(stream_shards(None, index, H, W))
-    assert [item["index"] for item in streamed] == list(range(len(index)))  # shards in index order
-    for item in streamed:
-        reference = dataset[item["index"]]
-        assert torch.equal(item["image"], reference["image"])
-        assert {k: item[k] for k in ("pid", "camid", "domain")} == {
-            k: reference[k] for k in ("pid", "camid", "domain")
-        }
-    query = index.filter(split="query")
-    urls = [str(query.root / s) for s in query.shard_files()]
-    loader = torch.utils.data.DataLoader(stream_shards(urls, index, H, W), batch_size=4, num_workers=2)
-    rows = sorted(torch.cat([b["index"] for b in loader]).tolist())
-    assert rows == np.flatnonzero(index.splits == "query").tolist()
 
 
 def test_corrupt_member_error_names_the_sample(index: ShardIndex, tmp_path: Path) -> None:

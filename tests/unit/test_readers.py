@@ -22,11 +22,13 @@ from tests.fixtures.layouts import (
     make_csv,
     make_cuhk02,
     make_cuhk03np,
+    make_cuhksysu,
     make_dukemtmc,
     make_grid,
     make_ilids,
     make_market1501,
     make_msmt17,
+    make_personx,
     make_prid2011,
     make_viper,
     write_image,
@@ -391,3 +393,41 @@ def test_market_two_digit_cameras_of_synthetic_domains_and_c0_rejected(tmp_path)
     write_image(layout.published / "query" / "0003_c0s1_000002_01.jpg")
     with pytest.raises(DatasetLayoutError, match=r"camera number c1\.\.c99; found c0"):
         read_dataset("market1501", layout.root)
+
+
+# --- real name shapes that differ from the Market pattern ---------------------------------------
+
+
+@pytest.mark.parametrize("wrapper", ["subset1", ""])
+@pytest.mark.parametrize("point_at", ["parent", "top", "published"])
+def test_personx_release_cameras_and_subset_wrapper(tmp_path, wrapper, point_at):
+    layout = make_personx(tmp_path / "personx", wrapper=wrapper)
+    root = {"parent": layout.root, "top": layout.root / "PersonX", "published": layout.published}[point_at]
+    samples = read_dataset("personx", root)
+    assert {s.path: (s.pid, s.camid, s.split) for s in samples} == layout.label_of()
+    two_digit = [s for s in samples if "_c10s1_" in s.path or "_c12s1_" in s.path]
+    assert sorted(s.camid for s in two_digit) == [3, 5]
+    assert {s.camid for s in samples} == set(range(6))
+
+
+@pytest.mark.parametrize("camera", ["c1", "c5", "c13"])
+def test_personx_camera_outside_the_six_is_named(tmp_path, camera):
+    layout = make_personx(tmp_path / "personx")
+    stray = layout.published / "query" / f"0401_{camera}s1_000041.jpg"
+    write_image(stray)
+    with pytest.raises(DatasetLayoutError, match=rf"among c3, c4, c8, c10, c11, c12; found {camera} in"):
+        read_dataset("personx", layout.root)
+    report = read_dataset_report("personx", layout.root, strict=False)
+    assert [s.path for s in report.skipped] == [str(stray)]
+
+
+def test_cuhksysu_real_crop_names_keep_scene_and_crop_number(tmp_path):
+    layout = make_cuhksysu(tmp_path / "sysu")
+    samples = {s.path.rsplit("/", 1)[-1]: s for s in read_dataset("cuhksysu", layout.root)}
+    assert samples["p11422_s16929_1.jpg"].pid == 11422
+    assert samples["p11422_s16929_1.jpg"].extra == {"scene": 16929, "crop": 1}
+    assert samples["p1_s25_12.jpg"].extra == {"scene": 25, "crop": 12}
+    assert samples["p11006_s15299.jpg"].extra == {"scene": 15299}
+    write_image(layout.published / "cropped_images" / "p11422_s16929_x.jpg")
+    with pytest.raises(DatasetLayoutError, match=r"a file name like p11422_s16929_1\.jpg"):
+        read_dataset("cuhksysu", layout.root)

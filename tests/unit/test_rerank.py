@@ -115,3 +115,21 @@ def test_collapsed_features_do_not_fail_reranking():
     q_g, q_q, g_g = np.zeros((3, 5), np.float32), np.zeros((3, 3), np.float32), np.zeros((5, 5), np.float32)
     out = k_reciprocal(q_g, q_q, g_g, k1=2, k2=1)
     assert out.shape == (3, 5) and np.isfinite(out).all()
+
+
+def test_distance_kind_squared_is_used_as_given_euclidean_is_squared_first() -> None:
+    """The porting contract: ``re_ranking(d)`` of other toolkits squares d; so does distance='euclidean'."""
+    rng = np.random.default_rng(11)
+    q = rng.normal(size=(20, 8)).astype(np.float32)
+    g = rng.normal(size=(70, 8)).astype(np.float32)
+    squared = _distances(q, g)
+    plain = tuple(np.sqrt(d) for d in squared)
+    expected = k_reciprocal_reference(*squared, k1=10, k2=3)  # the published algorithm on squared distances
+
+    assert np.abs(k_reciprocal(*squared, k1=10, k2=3) - expected).max() <= 1e-4
+    assert np.abs(k_reciprocal(*squared, k1=10, k2=3, distance="squared") - expected).max() <= 1e-4
+    assert np.abs(k_reciprocal(*plain, k1=10, k2=3, distance="euclidean") - expected).max() <= 1e-4
+    # handing plain distances over as if squared changes the numbers: the argument is not cosmetic
+    assert np.abs(k_reciprocal(*plain, k1=10, k2=3) - expected).max() > 1e-3
+    with pytest.raises(ConfigError, match=r"distance: expected one of \['squared', 'euclidean'\]"):
+        k_reciprocal(*squared, distance="cosine")

@@ -10,13 +10,11 @@ Every loader yields the same dict per sample: ``image`` (uint8 ``3 x height x wi
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
@@ -146,62 +144,3 @@ def make_eval_loader(
     """
     sampler = SequentialSampler(len(dataset), batch_size, rank=rank, world_size=world_size)
     return make_train_loader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory)
-
-
-class _StreamDecoder:
-    """Turns a WebDataset sample into the loader dict, with labels taken from the index."""
-
-    def __init__(self, index: ShardIndex, height: int, width: int, labels: np.ndarray) -> None:
-        self.rows = {key: row for row, key in enumerate(index.keys)}
-        self.root = index.root
-        self.pids = index.pids
-        self.camids = index.camids
-        self.domain_ids = index.domain_ids
-        self.labels = labels
-        self.height = height
-        self.width = width
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        key = sample["__key__"]
-        where = f"{sample.get('__url__', '?')}: {key}"
-        row = self.rows.get(key)
-        if row is None:
-            raise DataError(f"{where}: sample not in the shard index under {self.root}")
-        if "jpg" not in sample or "json" not in sample:
-            raise DataError(f"{where}: expected members .jpg and .json, found {sorted(sample)}")
-        meta = json.loads(sample["json"])
-        if meta.get("pid") != int(self.pids[row]) or meta.get("camid") != int(self.camids[row]):
-            raise DataError(f"{where}: labels in the shard disagree with the index (stale index?)")
-        array = decode_resized(sample["jpg"], self.height, self.width, name=where)
-        return {
-            "image": _image_tensor(array),
-            "pid": int(self.labels[row]),
-            "camid": int(self.camids[row]),
-            "domain": int(self.domain_ids[row]),
-            "index": row,
-        }
-
-
-def stream_shards(
-    urls: Sequence[str] | None,
-    index: ShardIndex,
-    height: int,
-    width: int,
-    labels: Sequence[int] | np.ndarray | None = None,
-) -> wds.WebDataset:
-    """Stream shards in order (an IterableDataset) yielding the same dicts as the indexed dataset.
-
-    ``urls`` default to every shard of ``index``. Under DDP each rank reads a disjoint subset of the
-    shards (``wds.split_by_node``) and DataLoader workers split further; use ``index`` of the
-    yielded dicts to gather results back in order.
-    """
-    _check_size(height, width)
-    if urls is None:
-        urls = [str(index.root / shard) for shard in index.shard_files()]
-    urls = [str(u) for u in urls]
-    if not urls:
-        raise DataError(f"stream_shards: expected at least one shard url for the index under {index.root}")
-    label_array = index.global_pids()[0] if labels is None else np.asarray(labels, dtype=np.int64)
-    decoder = _StreamDecoder(index, height, width, label_array)
-    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node)
-    return dataset.map(decoder)

@@ -1,5 +1,12 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017), sparse and memory-bounded.
 
+Input contract (read this when porting code): :func:`k_reciprocal` uses the distances it is given
+as they are, and expects them *squared* (``||f_q - f_g||^2``). The widely used ``re_ranking(q_g,
+q_q, g_g)`` of other toolkits squares whatever it is given first. So ``re_ranking(d)`` equals
+``k_reciprocal(d ** 2)``, which is also ``k_reciprocal(d, distance="euclidean")``: pass
+``distance="euclidean"`` when you hand over plain (not squared) distances, as you would to that
+function. ``k_reciprocal_from_features`` computes squared Euclidean distances itself.
+
 Same semantics as the widely used dense numpy version (see :func:`reference.k_reciprocal_reference`):
 
 1. ``M`` = the (q+g) x (q+g) matrix of (squared) distances; ``original[i, j] = M[j, i] / max_k M[k, i]``
@@ -255,13 +262,32 @@ def _rerank(source: Any, k1: int, k2: int, lambda_value: float) -> np.ndarray:
     return final
 
 
+DISTANCE_KINDS = ("squared", "euclidean")
+
+
 def k_reciprocal(
-    q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+    q_g_dist: Any,
+    q_q_dist: Any,
+    g_g_dist: Any,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    distance: str = "squared",
 ) -> np.ndarray:
-    """Re-ranked query x gallery distances (float32) from (squared) q-g, q-q and g-g distances."""
+    """Re-ranked query x gallery distances (float32) from q-g, q-q and g-g distances.
+
+    ``distance="squared"`` (default): the matrices hold squared Euclidean distances and are used as
+    given. ``distance="euclidean"``: they hold plain distances and are squared first, which is what
+    the common ``re_ranking`` function does with its input; ported code that called it gets the same
+    numbers this way. The original-distance term of the result is on the squared scale either way.
+    """
+    if distance not in DISTANCE_KINDS:
+        raise ConfigError(f"distance: expected one of {list(DISTANCE_KINDS)}, got {distance!r}")
     q_g = np.asarray(q_g_dist, dtype=np.float32)
     q_q = np.asarray(q_q_dist, dtype=np.float32)
     g_g = np.asarray(g_g_dist, dtype=np.float32)
+    if distance == "euclidean":
+        q_g, q_q, g_g = np.square(q_g), np.square(q_q), np.square(g_g)
     if q_g.ndim != 2:
         raise DataError(f"q_g_dist: expected a 2-D (queries x gallery) matrix, got shape {q_g.shape}")
     num_q, num_g = q_g.shape

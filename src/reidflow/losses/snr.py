@@ -8,7 +8,7 @@ the restituted features f̃⁺ must be more discriminative than f̃ and the cont
     L⁻ = softplus(d(f̃_a, f̃_p) - d(f̃⁻_a, f̃⁻_p)) + softplus(d(f̃⁻_a, f̃⁻_n) - d(f̃_a, f̃_n))
 
 averaged over the anchors that have both a positive and a negative; the loss is ``L⁺ + L⁻``.
-Sum it over the inserted modules and give it a small weight (0.01-0.1, REFERENCE.md).
+Sum it over the inserted modules and give it a small weight (0.01-0.1, docs/methods/snr.md).
 
 Why mine on f̃⁺ and not on f̃: with global average pooling, f̃ = GAP(IN(F)) is the IN bias β for
 every sample, so the f̃ distances are ~0 and mining on them would pick ties (the first positive /

@@ -6,7 +6,7 @@ an anchor whose identity has one image in the batch gets d_ap = 0) and the harde
 
 * :class:`TripletLoss`: ``relu(d_ap - d_an + m)`` (margin ranking, Hermans et al. 2017), or with
   ``soft_margin=True`` ``softplus(d_ap - d_an)``.
-* :class:`SoftmaxTripletLoss` (VisDA-2020 source-pretraining recipe, REFERENCE.md): the
+* :class:`SoftmaxTripletLoss` (VisDA-2020 source-pretraining recipe, docs/methods/pretraining.md): the
   cross-entropy of picking the positive in a two-way softmax over negated distances,
   ``-log softmax([-d_ap, -d_an])[0]`` = ``log(1 + exp(d_ap - d_an))`` = ``softplus(d_ap - d_an)``
   at the recipe's margin 0. A margin ``m`` is added to ``d_ap`` (``softplus(d_ap + m - d_an)``). At

@@ -2,12 +2,15 @@
 
 Market-1501, DukeMTMC-reID, CUHK03-NP (``labeled`` / ``detected``) and PersonX share the folder
 layout; they differ in the top folder name and the file naming, which each spec below pins down.
+Camera numbers are not always 1..N: PersonX numbers its six cameras 3, 4, 8, 10, 11 and 12, so a spec
+may list its published camera numbers, which then map to 0-based camids in that order.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,8 @@ class MarketStyleSpec:
     """How one dataset of the family names its folder and files.
 
     ``pattern`` must define the groups ``pid`` and ``cam``; every other named group is kept in
-    ``Sample.extra`` as an int.
+    ``Sample.extra`` as an int. Cameras are ``1..num_cameras`` (camid = number - 1) unless ``cameras``
+    lists the published camera numbers (camid = position in that list).
     """
 
     dataset: str
@@ -32,6 +36,17 @@ class MarketStyleSpec:
     pattern: re.Pattern[str]
     example: str
     num_cameras: int
+    cameras: tuple[int, ...] = ()
+    camid_of: Mapping[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        numbers = self.cameras or tuple(range(1, self.num_cameras + 1))
+        object.__setattr__(self, "camid_of", {number: camid for camid, number in enumerate(numbers)})
+
+    def expected_cameras(self) -> str:
+        if self.cameras:
+            return "a camera number among " + ", ".join(f"c{c}" for c in self.cameras)
+        return f"a camera number c1..c{self.num_cameras}"
 
 
 MARKET1501 = MarketStyleSpec(
@@ -60,10 +75,12 @@ CUHK03NP = MarketStyleSpec(
 PERSONX = MarketStyleSpec(
     dataset="PersonX",
     top_folders=("PersonX", "personX", "personx"),
-    pattern=re.compile(r"(?P<pid>\d{4})_c(?P<cam>\d)s(?P<seq>\d+)_(?P<frame>\d+)\.jpg"),
-    example="0001_c1s1_000001.jpg",
+    pattern=re.compile(r"(?P<pid>\d{4})_c(?P<cam>\d{1,2})s(?P<seq>\d+)_(?P<frame>\d+)\.jpg"),
+    example="0001_c10s1_000001.jpg",
     num_cameras=6,
+    cameras=(3, 4, 8, 10, 11, 12),  # -> camids 0..5, the order the UDA toolkits use
 )
+PERSONX_SUBSET = "subset1"  # the release wraps the split folders in PersonX/subset1/
 
 
 def read_split_folders(
@@ -84,8 +101,9 @@ def _builder(spec: MarketStyleSpec, split: str, ctx: ReadContext, common_extra: 
         if pid == JUNK_PID:
             ctx.excluded += 1
             return None
-        if not 1 <= cam <= spec.num_cameras:
-            ctx.reject(path, f"a camera number c1..c{spec.num_cameras}", f"c{cam} in {path.name!r}")
+        camid = spec.camid_of.get(cam)
+        if camid is None:
+            ctx.reject(path, spec.expected_cameras(), f"c{cam} in {path.name!r}")
             return None
         if pid == DISTRACTOR_PID and split != "gallery":
             ctx.reject(path, "distractor id 0000 only in the gallery folder", f"{path.name!r} in {split}")
@@ -94,7 +112,7 @@ def _builder(spec: MarketStyleSpec, split: str, ctx: ReadContext, common_extra: 
         extra.update(common_extra)
         if pid == DISTRACTOR_PID:
             extra["distractor"] = True
-        return ctx.sample(path, pid, cam - 1, split, **extra)
+        return ctx.sample(path, pid, camid, split, **extra)
 
     return build
 
@@ -111,7 +129,16 @@ def _reader(spec: MarketStyleSpec):
 
 read_market1501 = _reader(MARKET1501)
 read_dukemtmc = _reader(DUKEMTMC)
-read_personx = _reader(PERSONX)
+
+
+def read_personx(root: Path, ctx: ReadContext) -> list[Sample]:
+    """PersonX: ``PersonX/subset1/<split folders>`` as released, or the split folders without the wrapper."""
+    split_names = [name for _, name in SPLIT_FOLDERS]
+    published = locate_published(root, PERSONX.top_folders, [*split_names, PERSONX_SUBSET], PERSONX.dataset)
+    wrapped = published / PERSONX_SUBSET
+    if wrapped.is_dir() and not any((published / name).exists() for name in split_names):
+        published = wrapped
+    return read_split_folders(published, PERSONX, ctx)
 
 
 def read_cuhk03np(root: Path, ctx: ReadContext, variant: str) -> list[Sample]:
