@@ -22,11 +22,23 @@ class StageComponents:
     evaluate: Any
     camera: Any
     metabin: Any
+    sda_train: Any
+    sda_translate: Any
 
 
 def build_components(image: str | None = None) -> StageComponents:
     """Every component, running in ``image`` (default: :func:`components.image.resolve_image`)."""
-    from components import camera, collect, evaluate, metabin, pretrain, pretrain_multinode, shard, synth
+    from components import (
+        camera,
+        collect,
+        evaluate,
+        metabin,
+        pretrain,
+        pretrain_multinode,
+        sda,
+        shard,
+        synth,
+    )
     from components.image import resolve_image
 
     image = image or resolve_image()
@@ -39,6 +51,8 @@ def build_components(image: str | None = None) -> StageComponents:
         evaluate=evaluate.build(image),
         camera=camera.build(image),
         metabin=metabin.build(image),
+        sda_train=sda.build_train(image),
+        sda_translate=sda.build_translate(image),
     )
 
 

@@ -23,6 +23,7 @@ def evaluate(
     report_md: Output[Markdown],
     camera: Input[Model] = None,
     metabin: Input[Model] = None,
+    sda: Input[Model] = None,
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
 ) -> NamedTuple("EvaluateOutputs", [("digest", str)]):
@@ -31,7 +32,8 @@ def evaluate(
     ``evaluation`` is the full artifact (lineage.json, metrics.json, reports, figures); the metrics
     and the reports are also exposed as KFP's typed outputs so the UI shows them. ``camera`` is the
     camera model (present when ``evaluate.camera.enabled``); ``metabin`` the MetaBIN model, evaluated
-    and ensembled with the others (present when params.yaml has a ``metabin`` section).
+    and ensembled with the others (present when params.yaml has a ``metabin`` section); ``sda`` the
+    model pretrained on SDA-translated sources, likewise (present with an ``sda`` section).
     """
     import json
     from collections import namedtuple
@@ -46,6 +48,8 @@ def evaluate(
     model_uris = [runtime.input_uri(m) for m in models]
     if metabin is not None:
         model_uris.append(runtime.input_uri(metabin))
+    if sda is not None:
+        model_uris.append(runtime.input_uri(sda))
     uri = runtime.output_uri(evaluation, artifact_root, run_id, task_name)
     with (
         runtime.private_s3_cache(),
@@ -68,7 +72,7 @@ def evaluate(
     for name, value in headline.items():
         metrics.log_metric(name, value)
     with open(report_html.path, "w", encoding="utf-8") as out:
-        out.write(runtime.inline_images((local / "report.html").read_text(encoding="utf-8"), local))
+        out.write((local / "report.html").read_text(encoding="utf-8"))  # self-contained: images are data URIs
     with open(report_md.path, "w", encoding="utf-8") as out:
         out.write((local / "report.md").read_text(encoding="utf-8"))
     return namedtuple("EvaluateOutputs", ["digest"])(digest)

@@ -7,9 +7,7 @@ only reidflow and the standard library, never kfp. KFP artifacts are duck-typed 
 
 from __future__ import annotations
 
-import base64
 import json
-import mimetypes
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -240,23 +238,6 @@ def numeric_leaves(tree: Any, prefix: str = "", limit: int = 200) -> dict[str, f
     return out
 
 
-_IMG_SRC = re.compile(r'(<img\b[^>]*?\bsrc=")([^":]+)(")', re.IGNORECASE)
-
-
-def inline_images(html: str, base: Path) -> str:
-    """Replace relative ``<img src>`` with data URIs so the report renders inside the KFP UI."""
-
-    def repl(match: re.Match[str]) -> str:
-        target = (base / match.group(2)).resolve()
-        if not target.is_file() or base.resolve() not in target.parents:
-            return match.group(0)
-        mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        data = base64.b64encode(target.read_bytes()).decode()
-        return f"{match.group(1)}data:{mime};base64,{data}{match.group(3)}"
-
-    return _IMG_SRC.sub(repl, html)
-
-
 class private_s3_cache:
     """Point the S3 read cache at a directory private to this process for the block.
 
@@ -289,19 +270,25 @@ def local_copy(uri: str) -> Path:
         return open_input("artifact", uri).path
 
 
-CLI_STAGE_COMMANDS = ("pretrain", "metabin")
+CLI_STAGE_COMMANDS = ("pretrain", "metabin", "sda")
 """`reidflow <command>`s the components launch as processes (torchrun, PyTorchJob); checked by tests."""
 
 
 def stage_cli_args(
-    stage: str, params_file: str, inputs: list[tuple[str, str]], output: str, task_name: str
+    stage: str,
+    params_file: str,
+    inputs: list[tuple[str, str]],
+    output: str,
+    task_name: str,
+    mode: str = "",
 ) -> list[str]:
-    """Arguments of ``reidflow <stage>`` following the stage contract (``--input NAME=URI``)."""
+    """Arguments of ``reidflow <stage> [mode]`` following the stage contract (``--input NAME=URI``);
+    ``mode`` is the sub-mode of a stage that has several (``sda train``)."""
     if stage not in CLI_STAGE_COMMANDS:
         raise ConfigError(
             f"stage {stage!r} is not launched through the CLI (known: {list(CLI_STAGE_COMMANDS)})"
         )
-    args = [stage, "--params", params_file]
+    args = [stage, *([mode] if mode else []), "--params", params_file]
     for name, uri in inputs:
         args += ["--input", f"{name}={uri}"]
     return args + ["--output", output, "--orchestrator", "kfp", "--stage-name", task_name]
@@ -331,6 +318,7 @@ def run_torchrun(
     output: str,
     run_id: str,
     task_name: str,
+    mode: str = "",
 ) -> None:
     """Run a stage under torchrun in this pod with the resolved params (overrides already applied)."""
     import subprocess
@@ -342,7 +330,7 @@ def run_torchrun(
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         argv = torchrun_argv(
-            nproc_per_node, stage_cli_args(stage, str(params_file), inputs, output, task_name)
+            nproc_per_node, stage_cli_args(stage, str(params_file), inputs, output, task_name, mode)
         )
         env = {**os.environ, "REIDFLOW_RUN_ID": run_id, "REIDFLOW_ORCHESTRATOR": "kfp"}
         result = subprocess.run(argv, env=env, check=False)

@@ -1,6 +1,7 @@
 """The reidflow pipeline: synth -> shard (ParallelFor over datasets) -> collect -> pretrain
-(ParallelFor over backbones) and MetaBIN (when params.yaml has a ``metabin`` section) -> evaluate
-(ensemble of all models, dsl.Collected fan-in).
+(ParallelFor over backbones) and MetaBIN (when params.yaml has a ``metabin`` section) and SDA (with an
+``sda`` section: an encoder pretrain -> sda train -> sda translate -> pretrain on the translations)
+-> evaluate (ensemble of all models, dsl.Collected fan-in).
 
 The pipeline is built from params.yaml at compile time: parameter defaults (the params text, the
 backbones, the datasets, the artifact root) and cluster settings (image, resources) come from it.
@@ -45,6 +46,18 @@ class PipelinePlan:
     def metabin(self) -> bool:
         """Train the MetaBIN model (params.yaml has a ``metabin`` section) beside the pretrained ones."""
         return "metabin" in self.params
+
+    @property
+    def sda(self) -> bool:
+        """Translate the sources with SDA and pretrain on the translations (params.yaml has ``sda``)."""
+        return "sda" in self.params
+
+    @property
+    def sda_backbone(self) -> str:
+        """Backbone of the SDA chain's encoder and of the model pretrained on the translations: the
+        ``pretrain`` section's (the dvc.yaml chain uses pretrain@osnet_x0_25, the same by default)."""
+        model = (self.params.get("pretrain") or {}).get("model") or {}
+        return str(model.get("backbone") or self.backbones[0])
 
     @property
     def params_digest(self) -> str:
@@ -108,6 +121,9 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
         pretrain_overrides: list = [],  # noqa: B006
         metabin_overrides: list = [],  # noqa: B006
         evaluate_overrides: list = [],  # noqa: B006
+        sda_overrides: list = [],  # noqa: B006
+        # the model pretrained on the translations is named apart from the raw one in the reports
+        sda_pretrain_overrides: list = [f"pretrain.name={plan.sda_backbone}-sda"],  # noqa: B006
     ) -> None:
         synth = comps.synth(
             params_yaml=params_yaml,
@@ -167,6 +183,11 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
             )
             apply_training(apply_common(meta, cfg, image), cfg)
             extra["metabin"] = meta.outputs["model"]
+        if plan.sda:
+            overrides = (pretrain_overrides, sda_overrides, sda_pretrain_overrides)
+            extra["sda"] = _sda_chain(
+                plan, comps, params_yaml, artifact_root, params_digest, collect, *overrides
+            )
         if "evaluate" not in stages:
             return
         if plan.camera:  # the camera model of the camera-similarity correction (evaluate.camera.enabled)
@@ -194,3 +215,69 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
         apply_shm(apply_common(evaluate, cfg, image), cfg.shm_size)
 
     return reid_pipeline
+
+
+def _sda_chain(
+    plan: PipelinePlan,
+    comps: Any,
+    params_yaml: Any,
+    artifact_root: Any,
+    params_digest: Any,
+    collect: Any,
+    pretrain_overrides: Any,
+    sda_overrides: Any,
+    sda_pretrain_overrides: Any,
+) -> Any:
+    """pretrain (raw sources, BN adapted to the target: both frozen encoders) -> sda train -> sda
+    translate -> pretrain on the translated sources; returns the last model (it joins the ensemble).
+
+    The encoder is its own task: a task outside the backbone loop cannot pick one iteration's output.
+    Both pretrain tasks run in one pod (torchrun over ``kfp.gpus``) even with ``kfp.distributed.nodes``
+    > 1; ``sda_pretrain_overrides`` (not ``pretrain_overrides``) applies to the model on the translations.
+    """
+    cfg, image = plan.cfg, plan.image
+    shards_digest = collect.outputs["digest"]
+    encoder = comps.pretrain(
+        params_yaml=params_yaml,
+        overrides=pretrain_overrides,
+        backbone=plan.sda_backbone,
+        shards=collect.outputs["manifest"],
+        artifact_root=artifact_root,
+        gpus=cfg.gpus,
+        params_digest=params_digest,
+        shards_digest=shards_digest,
+    ).set_display_name("sda-encoder")
+    apply_training(apply_common(encoder, cfg, image), cfg)
+    train = comps.sda_train(
+        params_yaml=params_yaml,
+        overrides=sda_overrides,
+        shards=collect.outputs["manifest"],
+        encoder=encoder.outputs["model"],
+        artifact_root=artifact_root,
+        gpus=cfg.gpus,
+        params_digest=params_digest,
+        shards_digest=shards_digest,
+    )
+    apply_training(apply_common(train, cfg, image), cfg)
+    translate = comps.sda_translate(
+        params_yaml=params_yaml,
+        overrides=sda_overrides,
+        shards=collect.outputs["manifest"],
+        generator=train.outputs["generator"],
+        artifact_root=artifact_root,
+        params_digest=params_digest,
+        generator_digest=train.outputs["digest"],
+    )
+    apply_training(apply_common(translate, cfg, image), cfg)  # generator inference: a GPU helps
+    model = comps.pretrain(
+        params_yaml=params_yaml,
+        overrides=sda_pretrain_overrides,
+        backbone=plan.sda_backbone,
+        shards=translate.outputs["manifest"],
+        artifact_root=artifact_root,
+        gpus=cfg.gpus,
+        params_digest=params_digest,
+        shards_digest=translate.outputs["digest"],
+    ).set_display_name("pretrain-sda")
+    apply_training(apply_common(model, cfg, image), cfg)
+    return model.outputs["model"]

@@ -56,6 +56,7 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path):
     assert set(results["ablations"]) == {"MetaBIN-diffclamp"}
     assert len(results["runs"]) == 8
     assert (tmp_path / "work" / "runs" / "MetaBIN-seed0" / "gate_trajectories.png").is_file()
+    assert (tmp_path / "work" / "runs" / "BIN-seed0" / "gate_trajectories.json").is_file()
     splits = json.loads((report / "splits.json").read_text())
     assert len(splits["target_city"]) == 3 and splits["target_city"][0]["query_keys"]
     lineage = json.loads((report / "lineage.json").read_text())

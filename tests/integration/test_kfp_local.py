@@ -71,6 +71,18 @@ def tiny_params(**kfp: Any) -> dict[str, Any]:
             "num_workers": 0,
             "eval": {"enabled": False},
         },
+        "sda": {  # 32x16 translation, 2 iterations: the chain, not the quality
+            "transforms": {"height": 32, "width": 16, "pad": 2},
+            "generator": {"ngf": 4, "n_blocks": 1, "n_down": 2},
+            "discriminator": {"ndf": 4, "n_layers": 2},
+            "sampler": {"P": 3, "K": 2},
+            "target_batch_size": 4,
+            "loss": {"pool_size": 4},
+            "schedule": {"constant_epochs": 1, "decay_epochs": 1},
+            "engine": {"epochs": 2, "iters_per_epoch": 1, "device": "cpu"},
+            "num_workers": 0,
+            "samples": 2,
+        },
         "evaluate": {
             "device": "cpu",
             "batch_size": 32,
@@ -99,7 +111,7 @@ def lineage(path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1200)  # 12 tasks, each a fresh interpreter; minutes on a busy 2-core machine
 def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
     assert LOCAL_RUN_STAGES == ALL_STAGES[: len(LOCAL_RUN_STAGES)]
     (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
@@ -129,20 +141,42 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
 
     source_digest = shard_by_dataset["mall_warm"]["artifact"]["digest"]
     target_digest = shard_by_dataset["night_station"]["artifact"]["digest"]
-    backbones = set()
-    for rec in records["pretrain"]:
-        assert [i["digest"] for i in rec["inputs"]] == [
-            source_digest,
-            target_digest,
-        ]  # BN adapted on the target
-        backbones.add(rec["params"]["model"]["backbone"])
-    assert backbones == {"osnet_x0_25", "mobilenetv2_x0_5"}
+    # the SDA chain's tasks (lineage names them by KFP task: the encoder and the model on the
+    # translations are the 2nd and 3rd pretrain tasks; display names sda-encoder, pretrain-sda)
+    assert sorted(set(records) - {*expected, "camera"}) == [
+        "pretrain-2",
+        "pretrain-3",
+        "sda-train",
+        "sda-translate",
+    ]
+    [generator], [translated] = records["sda-train"], records["sda-translate"]
+    assert (generator["artifact"]["kind"], translated["artifact"]["kind"]) == ("generator", "shards")
+    [on_translations] = records["pretrain-3"]
+    assert on_translations["params"]["name"] == "osnet_x0_25-sda"
+    raw_models = records["pretrain"] + records["pretrain-2"]
+    for rec in raw_models:  # the two backbones and the SDA encoder: BN adapted on the target
+        assert [i["digest"] for i in rec["inputs"]] == [source_digest, target_digest]
+    # the SDA chain: encoder (a raw pretrain) -> generator -> translated sources -> pretrain on them
+    gen_inputs = {i["name"]: i["digest"] for i in generator["inputs"]}
+    assert gen_inputs["source0"] == source_digest and gen_inputs["target"] == target_digest
+    assert gen_inputs["source_model"] == gen_inputs["target_model"]
+    [encoder] = [r for r in raw_models if r["artifact"]["digest"] == gen_inputs["source_model"]]
+    assert encoder["params"]["model"]["backbone"] == "osnet_x0_25"
+    loop_models = [r for r in raw_models if r is not encoder]
+    assert {r["params"]["model"]["backbone"] for r in loop_models} == {"osnet_x0_25", "mobilenetv2_x0_5"}
+    assert [i["digest"] for i in translated["inputs"]] == [generator["artifact"]["digest"], source_digest]
+    assert [i["digest"] for i in on_translations["inputs"]] == [
+        translated["artifact"]["digest"],
+        target_digest,
+    ]
     if "evaluate" not in LOCAL_RUN_STAGES:
         return
 
     [evaluation] = records["evaluate"]
     input_digests = {i["digest"] for i in evaluation["inputs"]}
-    assert {r["artifact"]["digest"] for r in records["pretrain"] + records["metabin"]} <= input_digests
+    ensemble = [*loop_models, on_translations, *records["metabin"]]
+    assert {r["artifact"]["digest"] for r in ensemble} <= input_digests
+    assert encoder["artifact"]["digest"] not in input_digests  # the SDA encoder is not in the ensemble
     [metabin] = records["metabin"]
     assert [i["digest"] for i in metabin["inputs"]] == [source_digest, target_digest]  # target: eval only
     assert shard_by_dataset["night_station"]["artifact"]["digest"] in input_digests
@@ -155,6 +189,7 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
         "osnet_x0_25",
         "mobilenetv2_x0_5",
         "osnet_x0_25-metabin",
+        "osnet_x0_25-sda",
         "ensemble",
     }
 

@@ -3,6 +3,7 @@ several optimizers, "combine all" training rows, the single-source CE default, g
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +15,12 @@ from reidflow.data.index import INDEX_SCHEMA, ShardIndex
 from reidflow.models.norms import BatchInstanceNorm2d
 from reidflow.stages.metabin import MetabinConfig
 from reidflow.train.engine import Engine, EngineConfig
-from reidflow.train.gate_log import gate_stage, gate_trajectory_metrics, trajectory_from_history
+from reidflow.train.gate_log import (
+    gate_stage,
+    gate_trajectory_metrics,
+    save_gate_trajectories,
+    trajectory_from_history,
+)
 from reidflow.train.optim import (
     OptimizerConfig,
     SchedulerConfig,
@@ -164,3 +170,30 @@ def test_gate_trajectory_metrics_group_by_backbone_stage() -> None:
     series = trajectory_from_history([{"iteration": 0, **metrics}, {"iteration": 5, "loss": 1.0}])
     assert series["all"]["iteration"] == [0.0] and series["all"]["mean"] == [0.625]
     assert gate_trajectory_metrics(nn.Linear(2, 2)) == {}
+
+
+def test_gate_trajectories_are_saved_as_json_and_png(tmp_path: Path) -> None:
+    records = [{"iteration": i, "rho/all/mean": 1 - i / 10, "rho/conv1/mean": 1 - i / 5} for i in (0, 1, 2)]
+    assert save_gate_trajectories(records, tmp_path, "gates")
+    saved = json.loads((tmp_path / "gate_trajectories.json").read_text())
+    assert (
+        saved["conv1"]["mean"] == [1.0, 0.8, 0.6] and (tmp_path / "gate_trajectories.png").stat().st_size > 0
+    )
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert not save_gate_trajectories([{"iteration": 0, "ce": 1.0}], empty, "gates")
+    assert list(empty.iterdir()) == []
+
+
+def test_training_curve_keeps_dvc_rows_homogeneous(tmp_path: Path) -> None:
+    """MetaBIN's meta losses are absent during warm-up: they go to their own file, so every row of
+    training_curve.json (a DVC plot) has the same keys and nothing is lost."""
+    from reidflow.stages.trained_model import save_training_curve
+
+    history = [{"iteration": i, "epoch": 0, "ce": 1.0, "lr/theta": 0.1} for i in (1, 2)]
+    history += [{"iteration": 3, "epoch": 0, "ce": 0.9, "mtest_triplet": 0.5, "lr/theta": 0.1}]
+    save_training_curve(tmp_path, history, ("ce", "mtest_triplet"), "lr/theta")
+    rows = json.loads((tmp_path / "training_curve.json").read_text())
+    assert [set(r) for r in rows] == [{"iteration", "epoch", "ce", "lr/theta"}] * 3
+    partial = json.loads((tmp_path / "training_curve_partial.json").read_text())
+    assert partial == [{"iteration": 3, "mtest_triplet": 0.5}]

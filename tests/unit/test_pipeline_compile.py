@@ -428,14 +428,10 @@ def test_publish_records_uri_digest_and_pointer(tmp_path: Path) -> None:
         runtime.publish(FakeArtifact(tmp_path / "x"), str(tmp_path / "kfp-out"))
 
 
-def test_metric_flattening_and_inlined_report_images(tmp_path: Path) -> None:
+def test_metric_flattening() -> None:
     flat = runtime.numeric_leaves({"t": {"m": {"mAP": 0.5, "rank1": 1, "ok": True, "name": "x"}}})
     assert flat == {"t.m.mAP": 0.5, "t.m.rank1": 1.0}
     assert len(runtime.numeric_leaves({str(i): i for i in range(500)}, limit=10)) == 10
-    (tmp_path / "figures").mkdir()
-    (tmp_path / "figures" / "cmc.png").write_bytes(b"\x89PNG")
-    html = runtime.inline_images('<img alt="a" src="figures/cmc.png"><img src="../secret.png">', tmp_path)
-    assert 'src="data:image/png;base64,iVBORw=="' in html and 'src="../secret.png"' in html
 
 
 def test_submit_rejects_bad_input_before_any_network_call(tmp_path: Path) -> None:
@@ -503,3 +499,54 @@ def test_metabin_task_when_params_have_a_metabin_section(
     assert executor["container"]["resources"]["accelerator"]["resourceCount"] == "2"
     assert "nvidia-l4" in json.dumps(platform["exec-metabin"]), "GPU node pool selector"
     assert "metabin" not in all_tasks(compile_params(tmp_path, tiny_params())[0])
+
+
+def test_sda_chain_when_params_have_an_sda_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """encoder pretrain -> sda train -> sda translate -> pretrain on the translations -> the ensemble."""
+    monkeypatch.delenv("REIDFLOW_IMAGE", raising=False)
+    params = tiny_params(image=f"registry.example.com/reidflow@{DIGEST}")
+    params["datasets"]["night_station"]["role"] = "target"
+    params["sda"] = {"transforms": {"height": 64, "width": 32}}
+    spec, platform = compile_params(tmp_path, params)
+    tasks = all_tasks(spec)
+    by_name = {t["taskInfo"]["name"]: key for key, t in tasks.items()}
+    chain = [by_name[n] for n in ("sda-encoder", "sda-train", "sda-translate", "pretrain-sda")]
+
+    def producer(task: str, artifact: str) -> str:
+        return tasks[task]["inputs"]["artifacts"][artifact]["taskOutputArtifact"]["producerTask"]
+
+    executors = spec["deploymentSpec"]["executors"]
+
+    def executor(task: str) -> str:
+        return tasks[task]["componentRef"]["name"].replace("comp-", "exec-", 1)
+
+    for task in (chain[0], chain[3]):  # both run the pretrain component
+        assert executors[executor(task)]["container"] == executors["exec-pretrain"]["container"]
+    assert producer(chain[0], "shards") == "collect-shards"
+    assert producer(chain[1], "encoder") == chain[0] and producer(chain[1], "shards") == "collect-shards"
+    assert producer(chain[2], "generator") == chain[1]
+    assert producer(chain[3], "shards") == chain[2]  # the translate task's manifest: translations + target
+    assert tasks[chain[3]]["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["outputArtifactKey"] == (
+        "manifest"
+    )
+    assert producer("evaluate", "sda") == chain[3]
+    assert producer("evaluate", "models") == "for-loop-2"  # the backbone loop still fans in beside it
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["sda_pretrain_overrides"]["defaultValue"] == ["pretrain.name=osnet_x0_25-sda"]
+    for key in chain:
+        res = executors[executor(key)]["container"]["resources"]
+        assert res["accelerator"]["resourceCount"] == "2", key
+        assert "nvidia-l4" in json.dumps(platform[executor(key)]), key
+        assert platform[executor(key)]["secretAsEnv"][0]["secretName"] == "reidflow-s3"
+    assert "def sda_train(" in " ".join(executors["exec-sda-train"]["container"]["command"])
+    without = all_tasks(compile_params(tmp_path, tiny_params())[0])
+    assert not {t["taskInfo"]["name"] for t in without.values()} & {"sda-train", "sda-translate"}
+
+
+def test_torchrun_arguments_of_a_stage_with_modes() -> None:
+    args = runtime.stage_cli_args(
+        "sda", "/p.yaml", [("source", "s3://b/s"), ("target", "s3://b/t")], "s3://b/g", "sda-train", "train"
+    )
+    assert args[:4] == ["sda", "train", "--params", "/p.yaml"]
+    assert args[4:8] == ["--input", "source=s3://b/s", "--input", "target=s3://b/t"]
+    assert runtime.stage_cli_args("pretrain", "/p.yaml", [], "o", "t")[:2] == ["pretrain", "--params"]

@@ -15,37 +15,39 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from reidflow.config import StrictModel
 from reidflow.data.index import ShardIndex
-from reidflow.data.loader import IndexedImageDataset, make_train_loader
+from reidflow.data.loader import IndexedImageDataset
 from reidflow.data.meta_batches import DomainBalancedBatches
 from reidflow.data.opener import LocalOpener
 from reidflow.data.sampling import IdentityBatchSampler
-from reidflow.data.transforms import TransformConfig, build_train_transform
+from reidflow.data.transforms import build_train_transform
 from reidflow.errors import ConfigError, DataError
 from reidflow.models.norms import gate_parameters, gate_statistics
-from reidflow.models.reid_model import ModelConfig, build_reid_model
+from reidflow.models.reid_model import build_reid_model
 from reidflow.stages.evaluate import dataset_dirs
-from reidflow.stages.trained_model import (
-    QuickEvalConfig,
-    TrainedModel,
-    checkpoint_dir,
-    device_name,
-    quick_eval,
-    write_trained_model,
+from reidflow.stages.trained_model import TrainedModel, quick_eval, write_trained_model
+from reidflow.stages.training import (
+    Fitted,
+    ReIDTrainingConfig,
+    distributed_run,
+    epoch_length,
+    fit,
+    open_sources,
+    pin_memory,
+    training_rows,
 )
 from reidflow.store.artifacts import open_input
-from reidflow.store.lineage import RunContext, now_iso
+from reidflow.store.lineage import RunContext
 from reidflow.train import distributed as ddp
-from reidflow.train.engine import Engine, EngineConfig, seed_everything
-from reidflow.train.gate_log import plot_gate_trajectories
+from reidflow.train.engine import EngineConfig, seed_everything
+from reidflow.train.gate_log import save_gate_trajectories
 from reidflow.train.metabin import CyclicInnerLR, MetaBINMethod, MetaStepConfig, build_metabin_optimizers
 from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_scheduler
 from reidflow.train.pretrain import LossConfig
@@ -67,7 +69,7 @@ LOSS_KEYS = (
 
 
 def _dg_transforms() -> dict[str, Any]:
-    """REFERENCE.md's DG augmentation: resize, flip, pad 10 + random crop; nothing else."""
+    """The DG augmentation (docs/methods/metabin.md): resize, flip, pad 10 + random crop; nothing else."""
     return {
         "height": 256,
         "width": 128,
@@ -106,8 +108,11 @@ class InnerLRConfig(StrictModel):
         return self
 
 
-class MetabinConfig(StrictModel):
-    seed: int = 0
+class MetabinConfig(ReIDTrainingConfig):
+    """The shared training fields (:class:`ReIDTrainingConfig`) plus MetaBIN's recipe."""
+
+    section: ClassVar[str] = "metabin"
+
     name: str | None = Field(None, description="model name in reports (default: <backbone>-metabin)")
     model: dict[str, Any] = Field(default_factory=lambda: {"backbone": "osnet_x0_25", "norm": "metabin"})
     transforms: dict[str, Any] = Field(default_factory=_dg_transforms)
@@ -128,14 +133,6 @@ class MetabinConfig(StrictModel):
     rho_lr_factor: float = Field(10.0, gt=0, description="gate lr = rho_lr_factor × optimizer.lr (constant)")
     inner_lr: InnerLRConfig = Field(default_factory=InnerLRConfig)
     engine: EngineConfig = Field(default_factory=lambda: EngineConfig(epochs=100))
-    num_workers: int = Field(2, ge=0)
-    eval: QuickEvalConfig = Field(default_factory=QuickEvalConfig)
-    combine_all: bool = Field(
-        False,
-        description="train on every labelled image of the sources (train + query + gallery): DG protocol",
-    )
-    checkpoint_dir: str | None = Field(None, description="default: <output>.ckpt next to a local output")
-    keep_checkpoints: bool = False
 
     @model_validator(mode="after")
     def _single_source_ce(self) -> MetabinConfig:
@@ -145,14 +142,13 @@ class MetabinConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _validate_nested(self) -> MetabinConfig:
-        model = ModelConfig.from_mapping({**self.model, "num_classes": 1}, where="metabin.model")
+    def _gated_norm(self) -> MetabinConfig:
+        model = self.model_config_for(1)
         if model.norm not in GATED_NORMS:
             raise ValueError(
                 f"model.norm={model.norm!r}: MetaBIN meta-learns the gates of gated norm layers; "
                 f"expected one of {list(GATED_NORMS)} (train other norms with `reidflow pretrain`)"
             )
-        TransformConfig.parse(self.transforms, where="metabin.transforms")
         return self
 
 
@@ -166,9 +162,7 @@ def run(
     hooks: tuple[Any, ...] = (),
 ) -> Path:
     """Train and write the model artifact; under torchrun every rank trains and rank 0 writes."""
-    started = now_iso()
-    with ddp.distributed_session():
-        return _run(cfg, sources, targets, output, ctx, resume, hooks, started)
+    return distributed_run(lambda started: _run(cfg, sources, targets, output, ctx, resume, hooks, started))
 
 
 def meta_domains(index: ShardIndex, kind: str) -> tuple[np.ndarray, list[str]]:
@@ -188,13 +182,9 @@ def _run(
     hooks: tuple[Any, ...],
     started: str,
 ) -> Path:
-    if not sources:
-        raise ConfigError("metabin: expected at least one --input source=URI (labelled shards)")
-    source_inputs = [open_input(f"source{i}", uri) for i, uri in enumerate(sources)]
+    source_inputs, source_dirs = open_sources("metabin", sources)
     target_inputs = [open_input(f"target{i}", uri) for i, uri in enumerate(targets)]
-    source_dirs = [d for art in source_inputs for d in dataset_dirs(art)]
-    full = ShardIndex.load(source_dirs)
-    train = full.combined_training_rows() if cfg.combine_all else full.filter(split="train")
+    train = training_rows(source_dirs, cfg.combine_all)
     labels, label_map = train.global_pids()
     if len(label_map) < 2:
         raise DataError(f"metabin: the training split has {len(label_map)} identities; need at least 2")
@@ -202,16 +192,14 @@ def _run(
     _check_domain_count(cfg, domain_names)
     dist = ddp.current()
     _check_meta_batch(cfg, dist.world_size)
-    tcfg = TransformConfig.parse(cfg.transforms, where="metabin.transforms")
-    model_cfg = ModelConfig.from_mapping({**cfg.model, "num_classes": len(label_map)}, where="metabin.model")
+    tcfg = cfg.transform_config()
+    model_cfg = cfg.model_config_for(len(label_map))
     seed_everything(cfg.seed)  # the random initialization is part of the run: same seed, same weights
     model = build_reid_model(model_cfg)
     dataset = IndexedImageDataset(train, LocalOpener(train.root), tcfg.height, tcfg.width, labels=labels)
     sampler = IdentityBatchSampler(
         labels, cfg.sampler.P, cfg.sampler.K, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size
     )
-    pin_memory = device_name(cfg.engine) == "cuda"
-    loader = make_train_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=pin_memory)
     meta_batches = DomainBalancedBatches(
         dataset,
         labels,
@@ -222,9 +210,9 @@ def _run(
         rank=dist.rank,
         world_size=dist.world_size,
         num_workers=cfg.num_workers,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory(cfg),
     )
-    iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
+    iters_per_epoch = epoch_length(cfg, sampler)
     rho_lr = cfg.rho_lr_factor * cfg.optimizer.lr
     theta_opt, rho_opt = build_metabin_optimizers(model, cfg.optimizer, rho_lr)
     inner = CyclicInnerLR(
@@ -256,48 +244,57 @@ def _run(
         domain_names,
         len(gate_parameters(model)),
     )
-    ckpt_dir = checkpoint_dir(cfg.checkpoint_dir, output)
-    engine = Engine(method, loader, cfg.engine, checkpoint_dir=ckpt_dir, hooks=hooks)
-    result = engine.fit(resume=resume)
-    if not dist.is_main:
-        ddp.barrier()
-        return Path(str(output))
-    extra = {
-        "name": cfg.name or f"{model_cfg.backbone}-{model_cfg.norm}",
-        "labels": "identity",
-        "label_map": None,
-        "num_train_images": len(train),
-        "meta_domains": domain_names,
-    }
+    target_dirs = [d for art_in in target_inputs for d in dataset_dirs(art_in)]
 
-    def gates_and_evaluation(directory: Path) -> dict[str, Any]:
-        more: dict[str, Any] = {"gates": _save_gates(directory, model)}
-        plot_gate_trajectories(
-            result.history, directory / "gate_trajectories.png", "MetaBIN gates over training"
+    def evaluate() -> dict[str, Any]:
+        device = str(next(model.parameters()).device)
+        return quick_eval(model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, device)
+
+    def write(fitted: Fitted) -> None:
+        extra = {
+            "name": cfg.name or f"{model_cfg.backbone}-{model_cfg.norm}",
+            "labels": "identity",
+            "label_map": None,
+            "num_train_images": len(train),
+            "meta_domains": domain_names,
+        }
+
+        def gates_and_evaluation(directory: Path) -> dict[str, Any]:
+            more: dict[str, Any] = {"gates": _save_gates(directory, model)}
+            title = "MetaBIN gates over training"
+            save_gate_trajectories(fitted.result.history, directory, title)
+            if cfg.eval.enabled:
+                more["eval"] = evaluate()
+            return more
+
+        write_trained_model(
+            output,
+            TrainedModel(model, model_cfg, tcfg, fitted.result, fitted.device, extra),
+            stage="metabin",
+            cfg=cfg,
+            seed=cfg.seed,
+            inputs=[*source_inputs, *target_inputs],
+            ctx=ctx,
+            started=started,
+            losses=LOSS_KEYS,
+            lr_key="lr/theta",
+            more_metrics=gates_and_evaluation,
+            eval_history=fitted.eval_history,
         )
-        if cfg.eval.enabled:
-            target_dirs = [d for art_in in target_inputs for d in dataset_dirs(art_in)]
-            device = str(engine.device)
-            more["eval"] = quick_eval(model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, device)
-        return more
 
-    write_trained_model(
+    return fit(
+        "metabin",
+        cfg,
+        method,
+        dataset,
+        sampler,
         output,
-        TrainedModel(model, model_cfg, tcfg, result, str(engine.device), extra),
-        stage="metabin",
-        cfg=cfg,
-        seed=cfg.seed,
-        inputs=[*source_inputs, *target_inputs],
-        ctx=ctx,
-        started=started,
-        losses=LOSS_KEYS,
-        lr_key="lr/theta",
-        more_metrics=gates_and_evaluation,
+        write=write,
+        resume=resume,
+        hooks=hooks,
+        evaluate=evaluate if cfg.eval.enabled else None,
+        eval_every_epochs=cfg.eval.every_epochs,
     )
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    ddp.barrier()
-    return Path(str(output))
 
 
 def _check_domain_count(cfg: MetabinConfig, domain_names: list[str]) -> None:

@@ -7,35 +7,36 @@ camera-similarity correction (classes = cameras of the given shards, identities 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from reidflow.config import StrictModel
 from reidflow.data.index import ShardIndex
-from reidflow.data.loader import IndexedImageDataset, make_train_loader
+from reidflow.data.loader import IndexedImageDataset
 from reidflow.data.opener import LocalOpener
 from reidflow.data.sampling import CameraAwareBatchSampler, IdentityBatchSampler
 from reidflow.data.transforms import TransformConfig, build_train_transform
 from reidflow.errors import ConfigError, DataError
-from reidflow.models.reid_model import ModelConfig, build_reid_model
+from reidflow.models.reid_model import build_reid_model
 from reidflow.stages.evaluate import dataset_dirs
-from reidflow.stages.trained_model import (
-    QuickEvalConfig,
-    TrainedModel,
-    checkpoint_dir,
-    device_name,
-    quick_eval,
-    write_trained_model,
+from reidflow.stages.trained_model import TrainedModel, quick_eval, write_trained_model
+from reidflow.stages.training import (
+    Fitted,
+    ReIDTrainingConfig,
+    distributed_run,
+    epoch_length,
+    fit,
+    open_sources,
+    training_rows,
 )
 from reidflow.store.artifacts import InputArtifact, open_input
-from reidflow.store.lineage import RunContext, now_iso
+from reidflow.store.lineage import RunContext
 from reidflow.train import distributed as ddp
-from reidflow.train.engine import Engine, EngineConfig, seed_everything
-from reidflow.train.gate_log import plot_gate_trajectories
+from reidflow.train.engine import seed_everything
+from reidflow.train.gate_log import save_gate_trajectories
 from reidflow.train.optim import (
     OptimizerConfig,
     SchedulerConfig,
@@ -59,32 +60,17 @@ class TargetBNConfig(StrictModel):
     batch_size: int = Field(32, ge=2)
 
 
-class PretrainConfig(StrictModel):
-    seed: int = 0
-    name: str | None = Field(None, description="model name in reports (default: the backbone)")
+class PretrainConfig(ReIDTrainingConfig):
+    """The shared training fields (:class:`ReIDTrainingConfig`) plus the supervised recipe."""
+
+    section: ClassVar[str] = "pretrain"
+
     labels: Literal["identity", "camera"] = "identity"
-    model: dict[str, Any] = Field(default_factory=lambda: {"backbone": "osnet_x0_25"})
-    transforms: dict[str, Any] = Field(default_factory=lambda: {"height": 128, "width": 64})
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(name="adam", lr=3.5e-4))
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(epochs=10))
-    num_workers: int = Field(2, ge=0)
     target_bn: TargetBNConfig = Field(default_factory=TargetBNConfig)
-    eval: QuickEvalConfig = Field(default_factory=QuickEvalConfig)
-    combine_all: bool = Field(
-        False,
-        description="train on every labelled image of the sources (train + query + gallery): DG protocol",
-    )
-    checkpoint_dir: str | None = Field(None, description="default: <output>.ckpt next to a local output")
-    keep_checkpoints: bool = False
-
-    @model_validator(mode="after")
-    def _validate_nested(self) -> PretrainConfig:
-        ModelConfig.from_mapping({**self.model, "num_classes": 1}, where="pretrain.model")
-        TransformConfig.parse(self.transforms, where="pretrain.transforms")
-        return self
 
 
 def _train_labels(index: ShardIndex, labels: str) -> tuple[np.ndarray, dict[str, int]]:
@@ -105,9 +91,7 @@ def run(
 ) -> Path:
     """Train and write the model artifact. Under torchrun (WORLD_SIZE > 1) every rank trains its part
     of each global batch through DDP and rank 0 alone writes the artifact."""
-    started = now_iso()
-    with ddp.distributed_session():
-        return _run(cfg, sources, target, output, ctx, resume, hooks, started)
+    return distributed_run(lambda started: _run(cfg, sources, target, output, ctx, resume, hooks, started))
 
 
 def _run(
@@ -120,91 +104,90 @@ def _run(
     hooks: tuple[Any, ...],
     started: str,
 ) -> Path:
-    if not sources:
-        raise ConfigError("pretrain: expected at least one --input source=URI (labelled shards)")
-    source_inputs = [open_input(f"source{i}", uri) for i, uri in enumerate(sources)]
+    source_inputs, source_dirs = open_sources("pretrain", sources)
     target_input = open_input("target", target) if target else None
-    source_dirs = [d for art in source_inputs for d in dataset_dirs(art)]
-    full = ShardIndex.load(source_dirs)
-    train = full.combined_training_rows() if cfg.combine_all else full.filter(split="train")
+    train = training_rows(source_dirs, cfg.combine_all)
     labels, label_map = _train_labels(train, cfg.labels)
     num_classes = len(label_map)
     if num_classes < 2:
         raise DataError(f"pretrain: the training split has {num_classes} class(es); need at least 2")
-    dist = ddp.current()
-    tcfg = TransformConfig.parse(cfg.transforms, where="pretrain.transforms")
-    model_cfg = ModelConfig.from_mapping({**cfg.model, "num_classes": num_classes}, where="pretrain.model")
+    tcfg = cfg.transform_config()
+    model_cfg = cfg.model_config_for(num_classes)
     seed_everything(cfg.seed)  # the random initialization is part of the run: same seed, same weights
     model = build_reid_model(model_cfg)
-    opener = LocalOpener(train.root)
-    dataset = IndexedImageDataset(train, opener, tcfg.height, tcfg.width, labels=labels)
-    sampler = _sampler(cfg, labels, train, dist)
-    loader = make_train_loader(
-        dataset, sampler, num_workers=cfg.num_workers, pin_memory=device_name(cfg.engine) == "cuda"
-    )
+    dataset = IndexedImageDataset(train, LocalOpener(train.root), tcfg.height, tcfg.width, labels=labels)
+    sampler = _sampler(cfg, labels, train, ddp.current())
+    iters_per_epoch = epoch_length(cfg, sampler)
     optimizer = build_optimizer(model, cfg.optimizer)
-    iters_per_epoch = min(len(sampler), cfg.engine.iters_per_epoch or len(sampler))
-    scheduler = build_scheduler(optimizer, cfg.scheduler, iters_per_epoch)
     gate_optimizer = build_gate_optimizer(model, cfg.optimizer)
-    gate_scheduler = (
-        build_scheduler(gate_optimizer, SchedulerConfig(kind="constant"), iters_per_epoch)
-        if gate_optimizer is not None
-        else None
-    )
-    target_batches = _target_batches(cfg, target_input, tcfg)
     method = PretrainMethod(
         model,
         optimizer,
-        scheduler,
+        build_scheduler(optimizer, cfg.scheduler, iters_per_epoch),
         cfg.loss,
         num_classes,
         build_train_transform(tcfg),
-        target_batches,
+        _target_batches(cfg, target_input, tcfg),
         gate_optimizer=gate_optimizer,
-        gate_scheduler=gate_scheduler,
+        gate_scheduler=(
+            build_scheduler(gate_optimizer, SchedulerConfig(kind="constant"), iters_per_epoch)
+            if gate_optimizer is not None
+            else None
+        ),
         gate_log_every=cfg.engine.log_every,
     )
-    ckpt_dir = checkpoint_dir(cfg.checkpoint_dir, output)
-    engine = Engine(method, loader, cfg.engine, checkpoint_dir=ckpt_dir, hooks=hooks)
-    result = engine.fit(resume=resume)
-    if not dist.is_main:
-        ddp.barrier()
-        return Path(str(output))
-    inputs: list[InputArtifact] = [*source_inputs, *([target_input] if target_input else [])]
-    name = cfg.name or (model_cfg.backbone if cfg.labels == "identity" else f"camera-{model_cfg.backbone}")
-    extra = {
-        "name": name,
-        "labels": cfg.labels,
-        "label_map": label_map if cfg.labels == "camera" else None,
-        "num_train_images": len(train),
-    }
+    evaluates = cfg.eval.enabled and cfg.labels == "identity"
+    target_dirs = dataset_dirs(target_input) if target_input else []
 
-    def evaluation(directory: Path) -> dict[str, Any]:
-        plot_gate_trajectories(result.history, directory / "gate_trajectories.png", "BIN gates over training")
-        if not (cfg.eval.enabled and cfg.labels == "identity"):
-            return {}
-        target_dirs = dataset_dirs(target_input) if target_input else []
-        return {
-            "eval": quick_eval(model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, str(engine.device))
+    def evaluate() -> dict[str, Any]:
+        device = str(next(model.parameters()).device)
+        return quick_eval(model, source_dirs, target_dirs, tcfg, cfg.eval.batch_size, device)
+
+    def write(fitted: Fitted) -> None:
+        name = cfg.name or (
+            model_cfg.backbone if cfg.labels == "identity" else f"camera-{model_cfg.backbone}"
+        )
+        extra = {
+            "name": name,
+            "labels": cfg.labels,
+            "label_map": label_map if cfg.labels == "camera" else None,
+            "num_train_images": len(train),
         }
 
-    write_trained_model(
+        def evaluation(directory: Path) -> dict[str, Any]:
+            title = "BIN gates over training"
+            save_gate_trajectories(fitted.result.history, directory, title)
+            return {"eval": evaluate()} if evaluates else {}
+
+        inputs: list[InputArtifact] = [*source_inputs, *([target_input] if target_input else [])]
+        write_trained_model(
+            output,
+            TrainedModel(model, model_cfg, tcfg, fitted.result, fitted.device, extra),
+            stage="pretrain",
+            cfg=cfg,
+            seed=cfg.seed,
+            inputs=inputs,
+            ctx=ctx,
+            started=started,
+            losses=("ce", "triplet", "snr"),
+            lr_key="lr/model",
+            more_metrics=evaluation,
+            eval_history=fitted.eval_history,
+        )
+
+    return fit(
+        "pretrain",
+        cfg,
+        method,
+        dataset,
+        sampler,
         output,
-        TrainedModel(model, model_cfg, tcfg, result, str(engine.device), extra),
-        stage="pretrain",
-        cfg=cfg,
-        seed=cfg.seed,
-        inputs=inputs,
-        ctx=ctx,
-        started=started,
-        losses=("ce", "triplet", "snr"),
-        lr_key="lr/model",
-        more_metrics=evaluation,
+        write=write,
+        resume=resume,
+        hooks=hooks,
+        evaluate=evaluate if evaluates else None,
+        eval_every_epochs=cfg.eval.every_epochs,
     )
-    if ckpt_dir is not None and not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    ddp.barrier()
-    return Path(str(output))
 
 
 def _sampler(cfg: PretrainConfig, labels: np.ndarray, index: ShardIndex, dist: Any) -> Any:

@@ -1,5 +1,6 @@
-"""What every training stage (pretrain, metabin) does around its method: checkpoint location, the
-quick same-/cross-domain evaluation, the training curve and the model artifact itself."""
+"""What a training stage writes around its method: checkpoint location, the quick same-/cross-domain
+evaluation, the training curve and the re-ID model artifact itself (the loop around the method is
+:mod:`reidflow.stages.training`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from reidflow.train.engine import EngineConfig
 class QuickEvalConfig(StrictModel):
     enabled: bool = True
     batch_size: int = Field(128, ge=1)
+    every_epochs: int | None = Field(
+        None, ge=1, description="also evaluate every N epochs while training (metrics.json: eval_history)"
+    )
 
 
 def device_name(engine: EngineConfig) -> str:
@@ -35,9 +39,12 @@ def checkpoint_dir(configured: str | None, output: str | Path) -> Path:
     """``configured`` if set; else ``<output>.ckpt`` beside a local output, or a temp dir for S3."""
     if configured:
         return Path(configured)
-    out = str(output)
+    from reidflow.store.scrub import scrub_text
+    from reidflow.store.uri import parse_uri
+
+    out = parse_uri(output).raw  # refuses credentials in the URI; scrub_text: nothing secret in a dir name
     if out.startswith("s3://"):
-        return Path(tempfile.gettempdir()) / "reidflow-ckpt" / out[5:].replace("/", "_")
+        return Path(tempfile.gettempdir()) / "reidflow-ckpt" / scrub_text(out[5:]).replace("/", "_")
     path = Path(out)
     return path.with_name(path.name + ".ckpt")
 
@@ -45,12 +52,28 @@ def checkpoint_dir(configured: str | None, output: str | Path) -> Path:
 def save_training_curve(
     directory: Path, history: list[dict[str, Any]], losses: Sequence[str], lr_key: str
 ) -> None:
-    """``training_curve.json`` (the DVC plot) and ``training_curve.png`` of ``losses`` and the lr."""
+    """``training_curve.json`` (the DVC plot) and ``training_curve.png`` of ``losses`` and the lr.
+
+    DVC's plots need every row of a file to have the same keys, so a term that a method reports on some
+    iterations only (MetaBIN's meta losses, absent during its warm-up) goes to
+    ``training_curve_partial.json``: one row per iteration that has it, with every such term.
+    """
     from reidflow.eval.plots import training_curve
 
     keep = ("iteration", "epoch", *losses, "acc", lr_key)
     rows = [{k: h[k] for k in keep if k in h} for h in history]
-    (directory / "training_curve.json").write_text(json.dumps(rows) + "\n")
+    common = [k for k in keep if rows and all(k in r for r in rows)]
+    partial = [k for k in keep if k not in common and any(k in r for r in rows)]
+    (directory / "training_curve.json").write_text(
+        json.dumps([{k: r[k] for k in common} for r in rows]) + "\n"
+    )
+    if partial:
+        sparse = [
+            {"iteration": r["iteration"], **{k: r[k] for k in partial}}
+            for r in rows
+            if all(k in r for k in partial)
+        ]
+        (directory / "training_curve_partial.json").write_text(json.dumps(sparse) + "\n")
     curve = [
         {
             "iteration": r["iteration"],
@@ -63,7 +86,8 @@ def save_training_curve(
 
 
 def final_losses(history: list[dict[str, Any]], keys: Sequence[str], window: int = 20) -> dict[str, float]:
-    """Mean of each of ``keys`` over the last ``window`` logged iterations."""
+    """Mean of each of ``keys`` over the last ``window`` logged iterations that report it (a method may
+    report a term only on some iterations, e.g. MetaBIN's meta losses after its warm-up)."""
     tail = history[-window:]
     present = [k for k in keys if tail and k in tail[-1]]
     return {k: round(float(np.mean([h[k] for h in tail if k in h])), 4) for k in present}
@@ -135,9 +159,11 @@ def write_trained_model(
     losses: Sequence[str],
     lr_key: str,
     more_metrics: Callable[[Path], dict[str, Any]] | None = None,
+    eval_history: Sequence[dict[str, Any]] = (),
 ) -> None:
     """The model artifact of a training stage: weights + model.json, the training curve and
-    ``metrics.json`` (training summary, plus whatever ``more_metrics(artifact_dir)`` adds and writes)."""
+    ``metrics.json`` (training summary, the periodic ``eval_history`` if any, plus whatever
+    ``more_metrics(artifact_dir)`` adds and writes)."""
     from reidflow.models.artifact import save_model_artifact
     from reidflow.store.artifacts import write_artifact
 
@@ -168,6 +194,8 @@ def write_trained_model(
                 "final": final_losses(run.result.history, (*losses, "acc")),
             }
         }
+        if eval_history:
+            metrics["eval_history"] = list(eval_history)
         if more_metrics is not None:
             metrics.update(more_metrics(art.path))
         art.metrics = metrics

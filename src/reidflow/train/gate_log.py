@@ -3,12 +3,14 @@
 The methods that train gates (``pretrain`` with ``norm: bin``, ``metabin``) add
 :func:`gate_trajectory_metrics` to their step metrics every ``every`` iterations, so the trajectory
 lands in the engine's history (``training_curve.json``) with everything else that is logged, and
-survives a resume the same way. :func:`plot_gate_trajectories` draws it per backbone stage: the
-mean of ρ and the band between its 10th and 90th percentile (how the authors watch their gates).
+survives a resume the same way. :func:`save_gate_trajectories` writes it per backbone stage as
+``gate_trajectories.json`` and draws ``gate_trajectories.png``: the mean of ρ and the band between
+its 10th and 90th percentile (how the authors watch their gates).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -63,6 +65,16 @@ def trajectory_from_history(records: Sequence[Mapping[str, float]]) -> dict[str,
             series["p10"].append(float(record.get(f"{PREFIX}{stage}/p10", value)))
             series["p90"].append(float(record.get(f"{PREFIX}{stage}/p90", value)))
     return stages
+
+
+def save_gate_trajectories(records: Sequence[Mapping[str, float]], directory: Path, title: str) -> bool:
+    """``gate_trajectories.json`` and ``.png`` in ``directory``; False (nothing written) without gates."""
+    stages = trajectory_from_history(records)
+    if not stages:
+        return False
+    (directory / "gate_trajectories.json").write_text(json.dumps(stages, indent=1) + "\n")
+    plot_gate_trajectories(records, directory / "gate_trajectories.png", title)
+    return True
 
 
 def plot_gate_trajectories(records: Sequence[Mapping[str, float]], out: Path, title: str) -> Path | None:
