@@ -17,6 +17,10 @@ Built-in kinds:
          ``y = ρ·(γ_B x̂_B + β_B) + (1-ρ)·(γ_I x̂_I + β_I)``, gate ``rho`` init 1 (pure BN).
          :func:`running_stats_held` makes training-mode forwards use batch statistics without
          updating the running ones (MetaBIN's meta-train/meta-test forwards).
+``dsbn`` domain-specific BN (MMT+): a (source, target) pair of BNs, ``[source | target]`` batches
+         split between them in training, the target branch at eval; batch statistics reduced
+         across processes. :func:`convert_to_dsbn` pairs every BN of a model (1-d and 2-d, the
+         BNNeck included), :func:`fold_dsbn` turns it back into a plain-BN model (target branch).
 
 Every layer built here can be initialized from an existing BatchNorm2d (``load_from_batchnorm``):
 that is what :func:`convert_norms` uses to swap the BNs of a built (possibly pretrained) model.
@@ -24,8 +28,10 @@ that is what :func:`convert_norms` uses to swap the BNs of a built (possibly pre
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -350,6 +356,178 @@ def _is_composite_norm(module: nn.Module) -> bool:
     return hasattr(module, "load_from_batchnorm") and not isinstance(module, nn.BatchNorm2d)
 
 
+# ---------------------------------------------------------------------------------------------
+# DSBN: domain-specific batch norm (MMT+)
+
+DomainRoute = str  # "split" | "source" | "target"
+_ROUTES = ("split", "source", "target")
+
+
+class _CrossProcessSums(torch.autograd.Function):
+    """All-reduce (sum) in forward; the gradient is all-reduced (sum) in backward, as SyncBN does."""
+
+    @staticmethod
+    def forward(ctx: Any, sums: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        out = sums.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        out = grad.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class DomainSpecificBatchNorm(nn.Module):
+    """A (source, target) pair of BatchNorms (children ``source`` and ``target``, same class and shape).
+
+    Routing (``route``; ``None`` = automatic): in training the batch is ``[source | target]``, split
+    at ``split_at`` (default: half the batch), each part through its own branch; in eval everything
+    goes through ``target``. ``"source"``/``"target"`` send the whole batch through one branch
+    (:func:`dsbn_route` sets it for a whole model).
+
+    Under ``torch.distributed`` (gloo or NCCL) the training-mode batch statistics of each branch are
+    reduced across processes here (sums, sums of squares and counts, all-reduced; gradients too), so
+    a step gives the same result on any number of processes with the same global batch. PyTorch's
+    SyncBatchNorm is CUDA-only; this runs on CPU as well.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or isinstance(bn, nn.SyncBatchNorm):
+            raise ConfigError(f"dsbn: expected a BatchNorm1d/2d layer to duplicate, got {type(bn).__name__}")
+        self.source = copy.deepcopy(bn)
+        self.target = copy.deepcopy(bn)
+        self.num_features = bn.num_features
+        self.route: DomainRoute | None = None
+        self.split_at: int | None = None
+
+    def load_from_batchnorm(self, bn: nn.Module) -> None:
+        """Both branches start as ``bn`` (affine and running statistics)."""
+        _check_width(bn, self.num_features)
+        for branch in (self.source, self.target):
+            with torch.no_grad():
+                branch.load_state_dict(bn.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = self.route or ("split" if self.training else "target")
+        if route not in _ROUTES:
+            raise ConfigError(f"dsbn: route must be one of {', '.join(_ROUTES)}, got {route!r}")
+        if route != "split":
+            return self._branch(self.source if route == "source" else self.target, x)
+        n = x.shape[0]
+        cut = n // 2 if self.split_at is None else int(self.split_at)
+        if self.split_at is None and n % 2:
+            raise ConfigError(f"dsbn: a [source | target] batch needs an even size to split in half, got {n}")
+        if not 0 < cut < n:
+            raise ConfigError(f"dsbn: split_at={cut} must leave both domains a sample (batch {n})")
+        return torch.cat([self._branch(self.source, x[:cut]), self._branch(self.target, x[cut:])], dim=0)
+
+    def _branch(self, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or _world_size() == 1:
+            return bn(x)
+        return _batch_norm_across_processes(bn, x)
+
+
+def _batch_norm_across_processes(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BN whose statistics cover every process's part of the batch."""
+    dims = [0, *range(2, x.dim())]
+    xf = x.double()
+    count = torch.tensor([float(x.numel() // x.shape[1])], dtype=torch.float64, device=x.device)
+    local = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
+    total = _CrossProcessSums.apply(local)
+    c = bn.num_features
+    n = total[2 * c]
+    mean = total[:c] / n
+    var = (total[c : 2 * c] / n - mean * mean).clamp(min=0.0)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            unbiased = var.detach() * (n / (n - 1).clamp(min=1.0))
+            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+    shape = [1, c] + [1] * (x.dim() - 2)
+    scale = torch.rsqrt(var + bn.eps)
+    y = (xf - mean.view(shape)) * scale.view(shape)
+    if bn.affine:
+        y = y * bn.weight.double().view(shape) + bn.bias.double().view(shape)
+    return y.to(x.dtype)
+
+
+def convert_to_dsbn(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm (1-d and 2-d, the BNNeck included) of ``model`` in place by a DSBN pair
+    initialized from it (both branches a copy: class, weights, statistics, ``requires_grad``).
+
+    BIN/MetaBIN layers cannot be paired (their BN branch is read directly); they raise a ConfigError.
+    Returns ``model``.
+    """
+    gated = [name for name, m in model.named_modules() if isinstance(m, _GATED)]
+    if gated:
+        raise ConfigError(
+            f"dsbn: cannot pair the gated norm layer {gated[0]!r}; build the model with norm 'bn'/'ibn'"
+        )
+    if isinstance(model, nn.modules.batchnorm._BatchNorm):
+        raise ConfigError("dsbn: convert a model that contains BatchNorm layers, not a BatchNorm itself")
+    for parent in list(model.modules()):
+        if isinstance(parent, DomainSpecificBatchNorm):
+            continue
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, name, DomainSpecificBatchNorm(child))
+    return model
+
+
+def fold_dsbn(model: nn.Module, branch: str = "target") -> nn.Module:
+    """Replace every DSBN pair of ``model`` in place by its ``branch`` BatchNorm: a plain-BN model whose
+    state dict has the keys of the model before :func:`convert_to_dsbn` (what deployment reads)."""
+    if branch not in ("source", "target"):
+        raise ConfigError(f"fold_dsbn: branch must be 'source' or 'target', got {branch!r}")
+    if isinstance(model, DomainSpecificBatchNorm):
+        raise ConfigError("fold_dsbn: fold a model containing DSBN layers, not a DSBN layer itself")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DomainSpecificBatchNorm):
+                setattr(parent, name, getattr(child, branch))
+    return model
+
+
+def has_dsbn(model: nn.Module) -> bool:
+    return any(isinstance(m, DomainSpecificBatchNorm) for m in model.modules())
+
+
+@contextmanager
+def dsbn_route(model: nn.Module, route: DomainRoute | None, split_at: int | None = None) -> Iterator[None]:
+    """Inside, every DSBN layer of ``model`` routes as ``route`` ("split" at ``split_at``, or "source",
+    "target"; ``None`` = automatic); the previous routing is restored on exit."""
+    if route is not None and route not in _ROUTES:
+        raise ConfigError(f"dsbn: route must be one of {', '.join(_ROUTES)}, got {route!r}")
+    layers = [m for m in model.modules() if isinstance(m, DomainSpecificBatchNorm)]
+    saved = [(m.route, m.split_at) for m in layers]
+    for m in layers:
+        m.route, m.split_at = route, split_at
+    try:
+        yield
+    finally:
+        for m, (r, s) in zip(layers, saved, strict=True):
+            m.route, m.split_at = r, s
+
+
+def _build_dsbn(num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
+    return DomainSpecificBatchNorm(nn.BatchNorm2d(num_features, eps=eps, momentum=momentum))
+
+
 def _build_bn(num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> nn.Module:
     return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
 
@@ -359,6 +537,7 @@ register_norm("in", InstanceNorm2d)
 register_norm("ibn", InstanceBatchNorm2d)
 register_norm("bin", BatchInstanceNorm2d)
 register_norm("metabin", MetaBatchInstanceNorm2d)
+register_norm("dsbn", _build_dsbn)
 
 
 def gate_statistics(model: nn.Module) -> list[dict[str, float | int | str]]:
