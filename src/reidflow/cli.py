@@ -71,10 +71,11 @@ def synth(
     from reidflow.config import section
     from reidflow.stages import synth as stage
 
+    _check_output(output)
     raw = _load(params, set_)
     cfg = section(raw, "synth", stage.SynthConfig, source=str(params))
     out = stage.run(cfg, output, _ctx(orchestrator, stage_name), reuse=reuse)
-    err_console.print(f"[green]synth[/green]: wrote {out}")
+    err_console.print(f"[green]synth[/green]: wrote {_shown(out)}")
 
 
 @app.command()
@@ -91,12 +92,13 @@ def shard(
     from reidflow.config import section
     from reidflow.stages import shard as stage
 
+    _check_output(output)
     raw = _load(params, set_)
     cfg = section(raw, "shard", stage.ShardConfig, source=str(params))
     src = stage.dataset_source(raw, dataset, source=str(params))
     raw_uri = (_inputs(input_).get("raw") or [None])[0]
     out = stage.run(cfg, dataset, src, output, raw_uri=raw_uri, ctx=_ctx(orchestrator, stage_name))
-    err_console.print(f"[green]shard[/green]: wrote {out}")
+    err_console.print(f"[green]shard[/green]: wrote {_shown(out)}")
 
 
 MetricsPortOpt = Annotated[
@@ -186,6 +188,36 @@ def metabin(
     )  # fmt: skip
 
 
+@app.command()
+def mmt(
+    output: OutputOpt,
+    input_: InputOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    section_name: Annotated[str, typer.Option("--section", help="params section to read")] = "mmt",
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+    metrics_port: MetricsPortOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """MMT+ adaptation: --input model=URI twice (two pretrained nets), --input source=URI ..., --input target=URI."""
+    from reidflow.config import section
+    from reidflow.obs.train_hook import PrometheusHook
+    from reidflow.stages import mmt as stage
+
+    _check_output(output)
+    cfg = section(_load(params, set_), section_name, stage.MMTStageConfig, source=str(params))
+    inputs = _inputs(input_)
+    _reject_unknown_inputs(inputs, {"model", "source", "target"})
+    target = (inputs.get("target") or [None])[0]
+    with _observed(section_name, _instance(output), metrics_port) as metrics:
+        out = stage.run(
+            cfg, inputs.get("model", []), inputs.get("source", []), target, output,
+            _ctx(orchestrator, stage_name), resume=resume, hooks=(PrometheusHook(metrics),),
+        )  # fmt: skip
+    err_console.print(f"[green]{section_name}[/green]: wrote {out}")
+
+
 def _run_training(
     section_name: str,
     config_type: type,
@@ -203,6 +235,7 @@ def _run_training(
     from reidflow.config import section
     from reidflow.obs.train_hook import PrometheusHook
 
+    _check_output(output)
     overrides = list(set_ or [])
     if backbone:
         overrides.append(f"{section_name}.model.backbone={backbone}")
@@ -211,7 +244,50 @@ def _run_training(
     _reject_unknown_inputs(inputs, {"source", "target"})
     with _observed(section_name, _instance(output), metrics_port) as metrics:
         out = train(cfg, inputs, _ctx(orchestrator, stage_name), (PrometheusHook(metrics),))
-    err_console.print(f"[green]{section_name}[/green]: wrote {out}")
+    err_console.print(f"[green]{section_name}[/green]: wrote {_shown(out)}")
+
+
+@app.command()
+def sda(
+    mode: Annotated[str, typer.Argument(help="train | translate")],
+    output: OutputOpt,
+    input_: InputOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    section_name: Annotated[str, typer.Option("--section", help="params section to read")] = "sda",
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+    metrics_port: MetricsPortOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """SDA translation. `train`: --input source=URI ... --input target=URI [--input source_model=URI
+    --input target_model=URI] -> generator; `translate`: --input generator=URI --input source=URI ... -> shards."""
+    from reidflow.config import section
+    from reidflow.errors import ConfigError
+    from reidflow.obs.train_hook import PrometheusHook
+    from reidflow.stages import sda as stage
+
+    if mode not in ("train", "translate"):
+        raise ConfigError(f"sda {mode!r}: unknown mode; expected train or translate")
+    _check_output(output)
+    cfg = section(_load(params, set_), section_name, stage.SDAConfig, source=str(params))
+    inputs = _inputs(input_)
+    ctx = _ctx(orchestrator, stage_name)
+
+    def first(name: str) -> str | None:
+        return (inputs.get(name) or [None])[0]
+
+    if mode == "translate":
+        _reject_unknown_inputs(inputs, {"generator", "source"})
+        out = stage.translate(cfg, first("generator"), inputs.get("source", []), output, ctx)
+    else:
+        _reject_unknown_inputs(inputs, {"source", "target", "source_model", "target_model"})
+        with _observed(section_name, _instance(output), metrics_port) as metrics:
+            out = stage.train(
+                cfg, inputs.get("source", []), first("target"), output, first("source_model"),
+                first("target_model"), ctx, resume=resume, hooks=(PrometheusHook(metrics),),
+            )  # fmt: skip
+    err_console.print(f"[green]sda {mode}[/green]: wrote {out}")
 
 
 @app.command("dg-benchmark")
@@ -244,6 +320,36 @@ def dg_benchmark(
     err_console.print(f"[green]dg-benchmark[/green]: wrote {out}" + (f" and {table}" if table else ""))
 
 
+@app.command("sda-study")
+def sda_study(
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="where data, shards and trained runs are kept")
+    ] = Path("artifacts/sda_study"),
+    output: Annotated[
+        str | None, typer.Option("--output", help="report artifact URI (default: <workdir>/report)")
+    ] = None,
+    table: Annotated[
+        Path | None, typer.Option("--table", help="also write the Markdown (+ plot, sample grids) here")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """Pretrain on raw, CycleGAN- and SDA-translated sources per target style x seed; tabulate the evidence."""
+    import shlex
+    import sys
+
+    from reidflow.config import section
+    from reidflow.stages import sda_study as stage
+
+    raw = _load(params, set_)
+    cfg = section(raw, "sda_study", stage.SDAStudyConfig, source=str(params))
+    command = "reidflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = stage.run(cfg, workdir, output, _ctx(orchestrator, stage_name), command=command, table=table)
+    err_console.print(f"[green]sda-study[/green]: wrote {out}" + (f" and {table}" if table else ""))
+
+
 @app.command()
 def evaluate(
     output: OutputOpt,
@@ -258,6 +364,7 @@ def evaluate(
     from reidflow.config import section
     from reidflow.stages import evaluate as stage
 
+    _check_output(output)
     raw = _load(params, set_)
     cfg = section(raw, "evaluate", stage.EvaluateConfig, source=str(params))
     inputs = _inputs(input_)
@@ -272,7 +379,21 @@ def evaluate(
             camera_model=(inputs.get("camera") or [None])[0],
             observer=metrics,
         )
-    err_console.print(f"[green]evaluate[/green]: wrote {out} (report: {out}/report.html)")
+    err_console.print(f"[green]evaluate[/green]: wrote {_shown(out)} (report: {_shown(out)}/report.html)")
+
+
+def _shown(out: Any) -> str:
+    """An output as the user wrote it: a stage returning ``Path("s3://b/x")`` prints ``s3:/b/x``."""
+    text = str(out)
+    return "s3://" + text[4:] if text.startswith("s3:/") and not text.startswith("s3://") else text
+
+
+def _check_output(output: str) -> None:
+    """Refuse a malformed --output, or one holding something other than a reidflow artifact, before
+    any work (nothing is created on the way)."""
+    from reidflow.store.artifacts import check_output
+
+    check_output(output)
 
 
 def _reject_unknown_inputs(inputs: dict[str, list[str]], known: set[str]) -> None:
@@ -301,10 +422,35 @@ def presets_cmd() -> None:
         typer.echo(name)
 
 
-def _mount_pipeline_commands() -> None:
-    """`reidflow pipeline ...` (Kubeflow): only the CLI knows the orchestrators."""
-    from pipelines.cli import pipeline_app
+KFP_MISSING = (
+    "reidflow pipeline needs Kubeflow Pipelines (kfp), which is not installed: "
+    "pip install 'reidflow[orchestrators]'"
+)
 
+
+def _mount_pipeline_commands() -> None:
+    """`reidflow pipeline ...` (Kubeflow): only the CLI knows the orchestrators.
+
+    kfp comes with the ``orchestrators`` extra; without it every other command still works and
+    ``reidflow pipeline ...`` says in one line what to install.
+    """
+    try:
+        from pipelines.cli import pipeline_app
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "kfp":
+            raise
+
+        @app.command(
+            "pipeline",
+            help=f"Kubeflow pipeline: compile, run locally, submit. Not available here: {KFP_MISSING}",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )
+        def pipeline_without_kfp() -> None:
+            from reidflow.errors import ConfigError
+
+            raise ConfigError(KFP_MISSING)
+
+        return
     app.add_typer(pipeline_app, name="pipeline")
 
 
@@ -322,7 +468,7 @@ BaseOpt = Annotated[
 
 @lineage_app.command("show")
 def lineage_show(uri: str, base: BaseOpt = None) -> None:
-    """Print the ancestry of an artifact down to the raw data (with data.dvc md5)."""
+    """Print the ancestry of an artifact down to the raw data (with the md5 of a dataset's .dvc file)."""
     from reidflow.store.ancestry import load_tree, render_text
 
     typer.echo("\n".join(render_text(load_tree(uri, base=base))))
@@ -359,16 +505,37 @@ def version() -> None:
     typer.echo(reidflow.__version__)
 
 
+def _print_error(exc: BaseException | str) -> None:
+    """The error contract: one scrubbed line on stderr, never a traceback."""
+    from rich.text import Text
+
+    from reidflow.errors import one_line
+    from reidflow.store.scrub import scrub_text
+
+    text = one_line(exc) if isinstance(exc, BaseException) else exc
+    err_console.print(Text("error: ", style="red") + Text(scrub_text(text)), highlight=False, soft_wrap=True)
+
+
+def _boto_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return ()
+    return (BotoCoreError, ClientError, Boto3Error)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         app(standalone_mode=False)
     except ReidflowError as exc:
-        from rich.text import Text
+        _print_error(exc)
+        sys.exit(2)
+    except _boto_errors() as exc:  # S3 calls outside reidflow.store.s3 (which names the URI itself)
+        from reidflow.store.s3 import describe_error
 
-        from reidflow.store.lineage import scrub
-
-        err_console.print(Text("error: ", style="red") + Text(scrub(str(exc))), highlight=False)
+        _print_error(f"S3: {describe_error(exc)}")
         sys.exit(2)
     except typer.Abort:
         sys.exit(130)
