@@ -19,7 +19,6 @@ params (a killed study resumes where it stopped).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -31,9 +30,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from reidflow.config import StrictModel, params_digest, validate_as
-from reidflow.data.synth.style_draw import DrawnDomains, draw_domains
-from reidflow.stages.synth import SynthConfig, SynthDomain
+from reidflow.config import StrictModel, deep_merge, params_digest, validate_as
+from reidflow.data.synth.style_draw import DrawnDomains
+from reidflow.stages.synth import SynthConfig, with_drawn
 from reidflow.store.artifacts import is_current
 from reidflow.store.lineage import RunContext, now_iso
 
@@ -100,10 +99,7 @@ class DGBenchmarkConfig(StrictModel):
 
     def effective_synth(self) -> SynthConfig:
         """The synth config that generates the benchmark's domains: the listed ones plus the drawn."""
-        if not self.drawn.count:
-            return self.synth
-        extra = [SynthDomain.model_validate(entry) for entry in draw_domains(self.drawn)]
-        return self.synth.model_copy(update={"domains": [*self.synth.domains, *extra]})
+        return with_drawn(self.synth, self.drawn)
 
     def target_groups(self) -> dict[str, list[str]]:
         """Targets averaged together in the report: the hand-written and the drawn ones."""
@@ -116,23 +112,13 @@ class DGBenchmarkConfig(StrictModel):
         return [n for n, v in self.variants.items() if v.ablates is None]
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def variant_config(cfg: DGBenchmarkConfig, name: str, seed: int) -> Any:
     """The validated stage config of variant ``name`` at ``seed`` (recipe ⊕ overrides ⊕ seed)."""
     from reidflow.stages.metabin import MetabinConfig
     from reidflow.stages.pretrain import PretrainConfig
 
     variant = cfg.variants[name]
-    data = _merge(_merge(cfg.recipe, variant.overrides), {"seed": seed, "eval": {"enabled": False}})
+    data = deep_merge(deep_merge(cfg.recipe, variant.overrides), {"seed": seed, "eval": {"enabled": False}})
     data.setdefault("name", name)
     model_type = MetabinConfig if variant.stage == "metabin" else PretrainConfig
     return validate_as(model_type, data, f"dg_benchmark.variants.{name} (recipe + overrides)")

@@ -23,7 +23,6 @@ same upstream artifacts (a killed study resumes where it stopped).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import shutil
@@ -34,9 +33,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from reidflow.config import StrictModel, params_digest, validate_as
-from reidflow.data.synth.style_draw import DrawnDomains, draw_domains
-from reidflow.stages.synth import SynthConfig, SynthDomain
+from reidflow.config import StrictModel, deep_merge, params_digest, validate_as
+from reidflow.data.synth.style_draw import DrawnDomains
+from reidflow.stages.synth import SynthConfig, with_drawn
 from reidflow.store.artifacts import is_current, read_lineage
 from reidflow.store.lineage import RunContext, now_iso
 
@@ -91,20 +90,7 @@ class SDAStudyConfig(StrictModel):
 
     def effective_synth(self) -> SynthConfig:
         """The listed domains plus the drawn target styles."""
-        if not self.drawn.count:
-            return self.synth
-        extra = [SynthDomain.model_validate(entry) for entry in draw_domains(self.drawn)]
-        return self.synth.model_copy(update={"domains": [*self.synth.domains, *extra]})
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+        return with_drawn(self.synth, self.drawn)
 
 
 def stage_configs(cfg: SDAStudyConfig, seed: int) -> dict[str, Any]:
@@ -114,11 +100,11 @@ def stage_configs(cfg: SDAStudyConfig, seed: int) -> dict[str, Any]:
     from reidflow.stages.sda import SDAConfig
 
     fixed = {"seed": seed, "engine": {"device": cfg.device, "seed": seed}}
-    pretrain = _merge(
-        _merge(cfg.pretrain, fixed), {"eval": {"enabled": False}, "target_bn": {"enabled": True}}
+    pretrain = deep_merge(
+        deep_merge(cfg.pretrain, fixed), {"eval": {"enabled": False}, "target_bn": {"enabled": True}}
     )
-    sda = _merge(cfg.sda, fixed)
-    cyclegan = _merge(sda, {"loss": {"relation_weight": 0.0}, "relation": {"online": False}})
+    sda = deep_merge(cfg.sda, fixed)
+    cyclegan = deep_merge(sda, {"loss": {"relation_weight": 0.0}, "relation": {"online": False}})
     return {
         "pretrain": validate_as(PretrainConfig, pretrain, "sda_study.pretrain"),
         "SDA": validate_as(SDAConfig, sda, "sda_study.sda"),

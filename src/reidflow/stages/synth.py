@@ -49,6 +49,17 @@ def resolve_domains(cfg: SynthConfig) -> list[Any]:
     return specs
 
 
+def with_drawn(cfg: SynthConfig, drawn: Any) -> SynthConfig:
+    """``cfg`` plus the domains of a :class:`reidflow.data.synth.style_draw.DrawnDomains` (studies' unseen
+    target styles drawn at random)."""
+    from reidflow.data.synth.style_draw import draw_domains
+
+    if not drawn.count:
+        return cfg
+    extra = [SynthDomain.model_validate(entry) for entry in draw_domains(drawn)]
+    return cfg.model_copy(update={"domains": [*cfg.domains, *extra]})
+
+
 def run(cfg: SynthConfig, output: str | Path, ctx: RunContext | None = None, reuse: bool = False) -> Path:
     """Generate every configured domain under ``output/<domain>/`` (one artifact).
 
