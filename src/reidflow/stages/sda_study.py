@@ -24,9 +24,8 @@ same upstream artifacts (a killed study resumes where it stopped).
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,11 +34,9 @@ from pydantic import Field, model_validator
 
 from reidflow.config import StrictModel, deep_merge, params_digest, validate_as
 from reidflow.data.synth.style_draw import DrawnDomains
+from reidflow.stages.study import dataset_dirs, mean_std, pm, prepare_domains, retrieval, reuse_or_run
 from reidflow.stages.synth import SynthConfig, with_drawn
-from reidflow.store.artifacts import is_current, read_lineage
 from reidflow.store.lineage import RunContext, now_iso
-
-log = logging.getLogger(__name__)
 
 ROWS = ("raw", "CycleGAN", "SDA")
 METRICS = ("domain_accuracy", "source_mAP", "colour_distance", "target_rank-1", "target_mAP")
@@ -112,23 +109,6 @@ def stage_configs(cfg: SDAStudyConfig, seed: int) -> dict[str, Any]:
     }
 
 
-def _reusable(out: Path, digest: str, upstream: Sequence[Path]) -> bool:
-    """``out`` was made from these params by this code from the current ``upstream`` artifacts."""
-    if not is_current(out, digest):
-        return False
-    recorded = {i.get("digest") for i in read_lineage(out).get("inputs", [])}
-    return recorded == {read_lineage(Path(p))["artifact"]["digest"] for p in upstream}
-
-
-def _step(name: str, out: Path, digest: str, upstream: Sequence[Path], make: Callable[[], Any]) -> Path:
-    if _reusable(out, digest, upstream):
-        log.info("sda-study %s: already made, kept", name)
-    else:
-        log.info("sda-study %s: running", name)
-        make()
-    return out
-
-
 def run(
     cfg: SDAStudyConfig,
     workdir: str | Path,
@@ -139,21 +119,10 @@ def run(
 ) -> Path:
     """Run (or resume) the study under ``workdir``; write the report artifact to ``output`` (default
     ``workdir/report``) and, when given, the Markdown (+ plot and sample grid) to ``table``."""
-    from reidflow.stages import shard as shard_stage
-    from reidflow.stages import synth as synth_stage
-    from reidflow.stages.shard import DatasetSource, ShardConfig
-
     started = now_iso()
     work = Path(workdir)
     output = Path(output) if output else work / "report"
-    data = synth_stage.run(cfg.effective_synth(), work / "data", ctx, reuse=True)
-    shards: dict[str, Path] = {}
-    for name in [*cfg.sources, *cfg.all_targets]:
-        out = work / "shards" / name
-        src = DatasetSource(reader="market1501", root=str(data / name))
-        if not is_current(out, params_digest(shard_stage.resolved_params(ShardConfig(), name, src))):
-            shard_stage.run(ShardConfig(), name, src, out, raw_uri=str(data / name), ctx=ctx)
-        shards[name] = out
+    shards = prepare_domains(cfg.effective_synth(), [*cfg.sources, *cfg.all_targets], work, ctx)
     sources = [shards[s] for s in cfg.sources]
     runs: dict[str, Any] = {}
     for seed in cfg.seeds:  # seed-major: a partial study already holds every target
@@ -181,7 +150,8 @@ def _train_one(
     src = [str(s) for s in sources]
     where = f"{target.name} seed {seed}"
     raw = work / f"raw-seed{seed}"
-    _step(
+    reuse_or_run(
+        "sda-study",
         f"{where}: raw pretrain",
         raw,
         pdigest,
@@ -195,7 +165,8 @@ def _train_one(
         encoders = [raw] if scfg.loss.relation_weight > 0 else []
         encoder = str(raw) if encoders else None
         gen = work / f"{row}-generator-seed{seed}"
-        _step(
+        reuse_or_run(
+            "sda-study",
             f"{where}: {row} train",
             gen,
             params_digest({"mode": "train", **dump}),
@@ -203,7 +174,8 @@ def _train_one(
             lambda s=scfg, g=gen, e=encoder: sda_stage.train(s, src, str(target), g, e, e, ctx),
         )
         translated = work / f"{row}-translated-seed{seed}"
-        _step(
+        reuse_or_run(
+            "sda-study",
             f"{where}: {row} translate",
             translated,
             params_digest({"mode": "translate", **dump}),
@@ -211,7 +183,8 @@ def _train_one(
             lambda s=scfg, g=gen, t=translated: sda_stage.translate(s, str(g), src, t, ctx),
         )
         model = work / f"{row}-seed{seed}"
-        _step(
+        reuse_or_run(
+            "sda-study",
             f"{where}: pretrain on {row} translations",
             model,
             pdigest,
@@ -227,27 +200,10 @@ def _train_one(
 # ------------------------------------------------------------------------------------------ scoring
 
 
-def _dataset_dirs(artifact: Path) -> list[Path]:
-    return sorted(p.parent for p in artifact.glob("*/index.parquet"))
-
-
 def _query_gallery(ddir: Path) -> Any:
     from reidflow.data.index import ShardIndex
 
     return ShardIndex.load(ddir).filter(split=["query", "gallery"])
-
-
-def _retrieval(feats: Any, splits: np.ndarray) -> dict[str, float]:
-    """mAP and rank-1 (fractions) of query vs gallery rows of ``feats``."""
-    from reidflow.eval.scoring import headline, score_variants
-
-    is_q = splits == "query"
-    q, g = feats.take(np.flatnonzero(is_q)), feats.take(np.flatnonzero(~is_q))
-    variants, _ = score_variants(
-        q.features, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=20, rerank=None
-    )
-    scores = headline(variants["plain"])
-    return {"mAP": scores["mAP"], "rank-1": scores["rank1"]}
 
 
 def _colour_vector(ddir: Path) -> np.ndarray:
@@ -289,7 +245,7 @@ def _score_one(
     def features(model: Any, meta: Any, index: Any) -> Any:
         return extract_with_meta(model, meta, index, batch_size=cfg.batch_size, device=device)
 
-    [target_dir] = _dataset_dirs(target)
+    [target_dir] = dataset_dirs(target)
     target_index = ShardIndex.load(target_dir)
     target_qg = target_index.filter(split=["query", "gallery"])
     target_colour = _colour_vector(target_dir)
@@ -316,10 +272,10 @@ def _score_one(
         identity = []  # (b) per source dataset: cameras are per domain
         for ddir in dirs:
             qg = _query_gallery(ddir)
-            identity.append(_retrieval(features(raw_model, raw_meta, qg), np.asarray(qg.splits))["mAP"])
+            identity.append(retrieval(features(raw_model, raw_meta, qg), np.asarray(qg.splits))["mAP"])
         colour = [float(np.linalg.norm(_colour_vector(d) - target_colour)) for d in dirs]  # (c)
         model, meta = (raw_model, raw_meta) if row == "raw" else load_model_artifact(paths[row], device)
-        on_target = _retrieval(features(model, meta, target_qg), np.asarray(target_qg.splits))
+        on_target = retrieval(features(model, meta, target_qg), np.asarray(target_qg.splits))
         scores[row] = {
             "domain_accuracy": accuracy,
             "source_mAP": float(np.mean(identity)),
@@ -331,7 +287,7 @@ def _score_one(
 
 
 def _all_dirs(artifacts: Sequence[Path]) -> list[Path]:
-    return [d for a in artifacts for d in _dataset_dirs(Path(a))]
+    return [d for a in artifacts for d in dataset_dirs(Path(a))]
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -357,9 +313,7 @@ def summarize(cfg: SDAStudyConfig, runs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _mean_std(values: Sequence[float], metric: str) -> dict[str, float]:
-    scale = 1.0 if metric == "colour_distance" else 100.0
-    x = scale * np.asarray(values, dtype=np.float64)
-    return {"mean": float(x.mean()), "std": float(x.std())}
+    return mean_std(values, 1.0 if metric == "colour_distance" else 100.0)
 
 
 def claim_check(cfg: SDAStudyConfig, table: Mapping[str, Any]) -> dict[str, Any]:
@@ -380,10 +334,6 @@ def claim_check(cfg: SDAStudyConfig, table: Mapping[str, Any]) -> dict[str, Any]
     return checks
 
 
-def _pm(stat: Mapping[str, float], digits: int = 1) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
 def markdown_tables(cfg: SDAStudyConfig, table: Mapping[str, Any]) -> str:
     """The evidence averaged over the targets, then the target mAP per target (last column: average)."""
     head = [
@@ -397,13 +347,13 @@ def markdown_tables(cfg: SDAStudyConfig, table: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in ROWS:
         avg = table[row]["average"]
-        cells = [_pm(avg[m], 3 if m == "colour_distance" else 1) for m in METRICS]
+        cells = [pm(avg[m], 3 if m == "colour_distance" else 1) for m in METRICS]
         lines.append("| " + " | ".join([row, *cells]) + " |")
     head = ["Training images", *[f"{t} mAP %" for t in cfg.all_targets], "target mAP % (average)"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in ROWS:
-        cells = [_pm(table[row]["targets"][t]["target_mAP"]) for t in cfg.all_targets]
-        lines.append("| " + " | ".join([row, *cells, _pm(table[row]["average"]["target_mAP"])]) + " |")
+        cells = [pm(table[row]["targets"][t]["target_mAP"]) for t in cfg.all_targets]
+        lines.append("| " + " | ".join([row, *cells, pm(table[row]["average"]["target_mAP"])]) + " |")
     return "\n".join(lines) + "\n"
 
 
