@@ -24,6 +24,7 @@ class StageComponents:
     metabin: Any
     sda_train: Any
     sda_translate: Any
+    mmt: Any
 
 
 def build_components(image: str | None = None) -> StageComponents:
@@ -33,6 +34,7 @@ def build_components(image: str | None = None) -> StageComponents:
         collect,
         evaluate,
         metabin,
+        mmt,
         pretrain,
         pretrain_multinode,
         sda,
@@ -53,6 +55,7 @@ def build_components(image: str | None = None) -> StageComponents:
         metabin=metabin.build(image),
         sda_train=sda.build_train(image),
         sda_translate=sda.build_translate(image),
+        mmt=mmt.build(image),
     )
 
 

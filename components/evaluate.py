@@ -24,6 +24,7 @@ def evaluate(
     camera: Input[Model] = None,
     metabin: Input[Model] = None,
     sda: Input[Model] = None,
+    mmt_models: Input[list[Model]] = None,
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
 ) -> NamedTuple("EvaluateOutputs", [("digest", str)]):
@@ -33,7 +34,8 @@ def evaluate(
     and the reports are also exposed as KFP's typed outputs so the UI shows them. ``camera`` is the
     camera model (present when ``evaluate.camera.enabled``); ``metabin`` the MetaBIN model, evaluated
     and ensembled with the others (present when params.yaml has a ``metabin`` section); ``sda`` the
-    model pretrained on SDA-translated sources, likewise (present with an ``sda`` section).
+    model pretrained on SDA-translated sources, likewise (present with an ``sda`` section);
+    ``mmt_models`` the MMT+-adapted model of every backbone (present with an ``mmt`` section).
     """
     import json
     from collections import namedtuple
@@ -50,6 +52,7 @@ def evaluate(
         model_uris.append(runtime.input_uri(metabin))
     if sda is not None:
         model_uris.append(runtime.input_uri(sda))
+    model_uris += [runtime.input_uri(m) for m in mmt_models or []]
     uri = runtime.output_uri(evaluation, artifact_root, run_id, task_name)
     with (
         runtime.private_s3_cache(),

@@ -270,7 +270,7 @@ def local_copy(uri: str) -> Path:
         return open_input("artifact", uri).path
 
 
-CLI_STAGE_COMMANDS = ("pretrain", "metabin", "sda")
+CLI_STAGE_COMMANDS = ("pretrain", "metabin", "sda", "mmt")
 """`reidflow <command>`s the components launch as processes (torchrun, PyTorchJob); checked by tests."""
 
 

@@ -1,7 +1,8 @@
 """The reidflow pipeline: synth -> shard (ParallelFor over datasets) -> collect -> pretrain
 (ParallelFor over backbones) and MetaBIN (when params.yaml has a ``metabin`` section) and SDA (with an
 ``sda`` section: an encoder pretrain -> sda train -> sda translate -> pretrain on the translations)
--> evaluate (ensemble of all models, dsl.Collected fan-in).
+and MMT+ (with an ``mmt`` section: per backbone a second pretrain seed, then both nets adapted to the
+target) -> evaluate (ensemble of all models, dsl.Collected fan-in).
 
 The pipeline is built from params.yaml at compile time: parameter defaults (the params text, the
 backbones, the datasets, the artifact root) and cluster settings (image, resources) come from it.
@@ -51,6 +52,11 @@ class PipelinePlan:
     def sda(self) -> bool:
         """Translate the sources with SDA and pretrain on the translations (params.yaml has ``sda``)."""
         return "sda" in self.params
+
+    @property
+    def mmt(self) -> bool:
+        """Adapt every backbone's two pretrain seeds to the target with MMT+ (params.yaml has ``mmt``)."""
+        return "mmt" in self.params
 
     @property
     def sda_backbone(self) -> str:
@@ -124,6 +130,9 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
         sda_overrides: list = [],  # noqa: B006
         # the model pretrained on the translations is named apart from the raw one in the reports
         sda_pretrain_overrides: list = [f"pretrain.name={plan.sda_backbone}-sda"],  # noqa: B006
+        # the second net of MMT+ per backbone: `pretrain` with another seed (pretrain_overrides do not apply)
+        mmt_pretrain_overrides: list = ["pretrain.seed=1", "pretrain.engine.seed=1"],  # noqa: B006
+        mmt_overrides: list = [],  # noqa: B006
     ) -> None:
         synth = comps.synth(
             params_yaml=params_yaml,
@@ -170,6 +179,22 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
             else:
                 pretrain = comps.pretrain(gpus=cfg.gpus, **common)
                 apply_training(apply_common(pretrain, cfg, image), cfg)
+            if plan.mmt:  # MMT+: a second seed of this backbone, then both nets adapted to the target
+                second = comps.pretrain(gpus=cfg.gpus, **{**common, "overrides": mmt_pretrain_overrides})
+                apply_training(apply_common(second.set_display_name("pretrain-seed1"), cfg, image), cfg)
+                adapted = comps.mmt(
+                    params_yaml=params_yaml,
+                    overrides=mmt_overrides,
+                    backbone=backbone,
+                    shards=collect.outputs["manifest"],
+                    model1=pretrain.outputs["model"],
+                    model2=second.outputs["model"],
+                    artifact_root=artifact_root,
+                    gpus=cfg.gpus,
+                    params_digest=params_digest,
+                    shards_digest=shards_digest if wire_loop_digests else "",
+                )
+                apply_training(apply_common(adapted, cfg, image), cfg)
         extra: dict[str, Any] = {}
         if plan.metabin:
             meta = comps.metabin(
@@ -201,6 +226,8 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
             )
             apply_training(apply_common(cam, cfg, image), cfg)
             extra["camera"] = cam.outputs["model"]
+        if plan.mmt:
+            extra["mmt_models"] = dsl.Collected(adapted.outputs["model"])
         evaluate = comps.evaluate(
             params_yaml=params_yaml,
             overrides=evaluate_overrides,

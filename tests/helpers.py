@@ -65,6 +65,14 @@ def tiny_params(data_root: str = "data/synth", all_domains: bool = False) -> dic
     m["engine"] = {**m["engine"], "epochs": 1, "max_iters": 3, "checkpoint_every": 2, "log_every": 1}
     m["scheduler"] = {"kind": "constant", "warmup": 0}
     m["num_workers"] = 0
+    mmt = p["mmt"]  # 2 epochs of 1 iteration: the wiring, not the quality
+    mmt.update({"P": 4, "K": 2, "iters_per_epoch": 1, "feature_batch_size": 32, "num_workers": 0})
+    mmt["engine"] = {**mmt["engine"], "epochs": 2, "log_every": 1}
+    mmt["method"] = {
+        **mmt["method"],
+        "moco_queue_size": 16,
+        "cluster": {"k1": 6, "k2": 2, "eps": 0.7, "min_samples": 2},
+    }
     p["pretrain"]["target_bn"] = {"enabled": True, "batch_size": 8}
     p["camera"]["sampler"] = {"kind": "identity", "P": 3, "K": 4}  # classes are the 3 target cameras
     p["evaluate"]["report"] = {**p["evaluate"]["report"], "embedding": "pca", "retrieval_queries": 3}

@@ -350,6 +350,56 @@ def sda_study(
     err_console.print(f"[green]sda-study[/green]: wrote {out}" + (f" and {table}" if table else ""))
 
 
+@app.command("mmt-study")
+def mmt_study(
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="where data, shards and trained runs are kept")
+    ] = Path("artifacts/mmt_study"),
+    output: Annotated[
+        str | None, typer.Option("--output", help="report artifact URI (default: <workdir>/report)")
+    ] = None,
+    table: Annotated[
+        Path | None, typer.Option("--table", help="also write the Markdown (+ plots) here")
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="train only this target (repeatable; to split the study over processes): no report",
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """Direct transfer vs MMT vs MMT+ per target style x seed (two pretrain seeds each); tabulate them."""
+    import shlex
+    import sys
+
+    from reidflow.config import section
+    from reidflow.stages import mmt_study as stage
+
+    raw = _load(params, set_)
+    cfg = section(raw, "mmt_study", stage.MMTStudyConfig, source=str(params))
+    command = "reidflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = stage.run(
+        cfg,
+        workdir,
+        output,
+        _ctx(orchestrator, stage_name),
+        command=command,
+        table=table,
+        only_targets=target,
+    )
+    if out is None:
+        err_console.print(
+            f"[green]mmt-study[/green]: trained {', '.join(target or [])}; no report (--target)"
+        )
+    else:
+        err_console.print(f"[green]mmt-study[/green]: wrote {out}" + (f" and {table}" if table else ""))
+
+
 @app.command()
 def evaluate(
     output: OutputOpt,
@@ -485,6 +535,19 @@ def lineage_verify(uri: str, base: BaseOpt = None) -> None:
         markup=True,
         highlight=False,
     )
+
+
+@lineage_app.command("digests")
+def lineage_digests(
+    paths: Annotated[list[str], typer.Argument(help="artifacts, or directories of artifacts (local)")],
+    output: Annotated[Path, typer.Option("--output", help="JSON file to write")],
+) -> None:
+    """Write the content and record digests of local artifacts (no run timestamps): a pipeline
+    dependency that changes only when what the artifacts hold changes."""
+    from reidflow.store.payload_digests import write_payload_digests
+
+    out = write_payload_digests(paths, output)
+    err_console.print(f"[green]lineage digests[/green]: wrote {out}")
 
 
 @lineage_app.command("graph")

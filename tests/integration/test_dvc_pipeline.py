@@ -76,6 +76,9 @@ def test_repro_builds_every_stage_and_is_up_to_date(project):
         "artifacts/sda/generator",
         "artifacts/sda/translated",
         "artifacts/models/osnet_x0_25-sda",
+        "artifacts/models/osnet_x0_25-seed1",
+        "artifacts/models/osnet_x0_25-mmt",
+        "artifacts/models/mobilenetv2_x0_5-mmt",
         "artifacts/evaluate",
     ):
         assert (root / rel / "lineage.json").is_file(), rel
@@ -101,6 +104,11 @@ def test_repro_builds_every_stage_and_is_up_to_date(project):
     assert digest["sda"] in {i["digest"] for i in records["evaluate"]["inputs"]}
     summary = json.loads((root / "artifacts/evaluate/metrics.json").read_text())["summary"]
     assert "osnet_x0_25-sda" in summary["target_city"]
+    assert {"osnet_x0_25-mmt", "mobilenetv2_x0_5-mmt"} <= set(summary["target_city"])
+    mmt = json.loads((root / "artifacts/models/osnet_x0_25-mmt/lineage.json").read_text())
+    seed1 = json.loads((root / "artifacts/models/osnet_x0_25-seed1/lineage.json").read_text())
+    assert mmt["stage"] == "mmt@osnet_x0_25" and seed1["params"]["seed"] == 1
+    assert [i["digest"] for i in mmt["inputs"]][:2] == [digest["raw"], seed1["artifact"]["digest"]]
     metabin = json.loads((root / "artifacts/models/osnet_x0_25-metabin/lineage.json").read_text())
     assert metabin["stage"] == "metabin" and len(metabin["inputs"]) == 6  # 5 sources + the unseen target
     lineage = json.loads((root / "artifacts/models/osnet_x0_25/lineage.json").read_text())
@@ -144,6 +152,15 @@ def test_identical_rerun_leaves_downstream_cached(project):
     status = run(DVC, "status", cwd=root, env=env)
     assert "up to date" in status, status
     assert stage_runs(run(DVC, "repro", cwd=root, env=env)) == []
+    # a model stage: bit-reproducible training, timing kept in lineage.json -> evaluate stays cached
+    model = root / "artifacts/models/camera"
+    weights, lineage = (model / "model.safetensors").read_bytes(), (model / "lineage.json").read_text()
+    assert stage_runs(run(DVC, "repro", "-f", "-s", "camera", cwd=root, env=env)) == ["camera"]
+    assert (model / "model.safetensors").read_bytes() == weights
+    assert (model / "lineage.json").read_text() != lineage
+    assert "timing" in json.loads((model / "lineage.json").read_text())["runtime"]
+    assert stage_runs(run(DVC, "repro", cwd=root, env=env)) == ["model-digests"]
+    reidflow("lineage", "verify", "artifacts/evaluate", cwd=root, env=env)
 
 
 def test_exp_run_with_a_synth_param_regenerates_the_data(project):

@@ -83,6 +83,16 @@ def tiny_params(**kfp: Any) -> dict[str, Any]:
             "num_workers": 0,
             "samples": 2,
         },
+        "mmt": {  # 1 epoch of 1 iteration: the wiring, not the quality
+            "transforms": {"height": 64, "width": 32},
+            "P": 4,
+            "K": 2,
+            "iters_per_epoch": 1,
+            "feature_batch_size": 32,
+            "engine": {"epochs": 1, "device": "cpu"},
+            "num_workers": 0,
+            "method": {"moco_queue_size": 16, "cluster": {"k1": 6, "k2": 2, "eps": 0.7, "min_samples": 2}},
+        },
         "evaluate": {
             "device": "cpu",
             "batch_size": 32,
@@ -111,7 +121,7 @@ def lineage(path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(1200)  # 12 tasks, each a fresh interpreter; minutes on a busy 2-core machine
+@pytest.mark.timeout(1500)  # 16 tasks, each a fresh interpreter; minutes on a busy 2-core machine
 def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
     assert LOCAL_RUN_STAGES == ALL_STAGES[: len(LOCAL_RUN_STAGES)]
     (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
@@ -141,19 +151,24 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
 
     source_digest = shard_by_dataset["mall_warm"]["artifact"]["digest"]
     target_digest = shard_by_dataset["night_station"]["artifact"]["digest"]
-    # the SDA chain's tasks (lineage names them by KFP task: the encoder and the model on the
-    # translations are the 2nd and 3rd pretrain tasks; display names sda-encoder, pretrain-sda)
+    # lineage names tasks by KFP task: the loop's second seed (display name pretrain-seed1) is the 2nd
+    # pretrain task, the SDA encoder and the model on the translations the 3rd and 4th (sda-encoder,
+    # pretrain-sda)
     assert sorted(set(records) - {*expected, "camera"}) == [
+        "mmt",
         "pretrain-2",
         "pretrain-3",
+        "pretrain-4",
         "sda-train",
         "sda-translate",
     ]
     [generator], [translated] = records["sda-train"], records["sda-translate"]
     assert (generator["artifact"]["kind"], translated["artifact"]["kind"]) == ("generator", "shards")
-    [on_translations] = records["pretrain-3"]
+    [on_translations] = records["pretrain-4"]
     assert on_translations["params"]["name"] == "osnet_x0_25-sda"
-    raw_models = records["pretrain"] + records["pretrain-2"]
+    second_seeds = records["pretrain-2"]
+    assert sorted(r["params"]["seed"] for r in second_seeds) == [1, 1]
+    raw_models = records["pretrain"] + records["pretrain-3"]
     for rec in raw_models:  # the two backbones and the SDA encoder: BN adapted on the target
         assert [i["digest"] for i in rec["inputs"]] == [source_digest, target_digest]
     # the SDA chain: encoder (a raw pretrain) -> generator -> translated sources -> pretrain on them
@@ -169,12 +184,24 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
         translated["artifact"]["digest"],
         target_digest,
     ]
+    # MMT+ per backbone: the loop's seed-0 and seed-1 models of that backbone, the sources, the target
+    assert len(records["mmt"]) == 2
+    for adapted in records["mmt"]:
+        backbone = adapted["params"]["name"].removesuffix("-mmt")
+        [net1] = [r for r in loop_models if r["params"]["model"]["backbone"] == backbone]
+        [net2] = [r for r in second_seeds if r["params"]["model"]["backbone"] == backbone]
+        assert [i["digest"] for i in adapted["inputs"]] == [
+            net1["artifact"]["digest"],
+            net2["artifact"]["digest"],
+            source_digest,
+            target_digest,
+        ]
     if "evaluate" not in LOCAL_RUN_STAGES:
         return
 
     [evaluation] = records["evaluate"]
     input_digests = {i["digest"] for i in evaluation["inputs"]}
-    ensemble = [*loop_models, on_translations, *records["metabin"]]
+    ensemble = [*loop_models, on_translations, *records["metabin"], *records["mmt"]]
     assert {r["artifact"]["digest"] for r in ensemble} <= input_digests
     assert encoder["artifact"]["digest"] not in input_digests  # the SDA encoder is not in the ensemble
     [metabin] = records["metabin"]
@@ -190,6 +217,8 @@ def test_local_pipeline_run_writes_kfp_lineage(workdir: Path) -> None:
         "mobilenetv2_x0_5",
         "osnet_x0_25-metabin",
         "osnet_x0_25-sda",
+        "osnet_x0_25-mmt",
+        "mobilenetv2_x0_5-mmt",
         "ensemble",
     }
 

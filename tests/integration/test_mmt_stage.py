@@ -42,7 +42,7 @@ def test_mmt_stage_adapts_two_pretrained_models_and_evaluate_reads_the_result(tm
         )  # fmt: skip
     models = ["--input", "model=models/seed0", "--input", "model=models/seed1"]
     reidflow("mmt", "--output", "models/mmt", *models, *sources, "--input", "target=shards/target_city",
-             cwd=tmp_path, env=env)  # fmt: skip
+             "--set", "mmt.export=both", cwd=tmp_path, env=env)  # fmt: skip
 
     out = tmp_path / "models" / "mmt"
     meta = json.loads((out / "model.json").read_text())
@@ -58,6 +58,12 @@ def test_mmt_stage_adapts_two_pretrained_models_and_evaluate_reads_the_result(tm
     assert names == ["model1", "model2", "source0", "source1", "target"]
     state_keys = json.loads((out / "model.json").read_text())["model"]
     assert state_keys["norm"] == "bn"  # DSBN folded: a plain-BN model
+    second = tmp_path / "models" / "mmt-mean2"  # export: both -> the other mean net beside the output
+    meta2 = json.loads((second / "model.json").read_text())
+    assert meta["exported"] == "mean1" and meta2["exported"] == "mean2"
+    assert meta2["name"].endswith("-mean2") and meta2["num_clusters"] == meta["num_clusters"]
+    assert (second / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
+    reidflow("lineage", "verify", "models/mmt-mean2", cwd=tmp_path, env=env)
 
     reidflow(
         "evaluate", "--output", "eval", "--input", "model=models/mmt", "--input", "eval=shards/target_city",

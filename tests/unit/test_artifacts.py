@@ -382,3 +382,37 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     lock_path.write_text(json.dumps({"pid": 1, "host": "another-host", "since": "t"}))
     with pytest.raises(ConfigError, match="on another-host"):  # cannot be checked from here
         RunLock(lock_path).acquire()
+
+
+def test_timing_lives_in_lineage_and_reruns_keep_every_digest(tmp_path):
+    """Wall time and throughput go to lineage.json's runtime.timing, outside the payload and the record
+    digest: a rerun with the same payload gives the same artifact and record digests (what
+    `reidflow lineage digests`, and so a DVC dependency on its file, sees)."""
+    from reidflow.store.payload_digests import payload_digests, write_payload_digests
+
+    def make(path: Path, seconds: float) -> Path:
+        with write_artifact(
+            path, kind="model", stage="unit", params={"x": 1}, params_digest="sha256:p", seed=1,
+            inputs=[], ctx=RunContext(orchestrator="cli"),
+        ) as art:  # fmt: skip
+            (art.path / "w.bin").write_bytes(b"weights")
+            art.metrics = {"score": 0.5}
+            art.timing = {"wall_time_s": seconds}
+        return path
+
+    first = json.loads((make(tmp_path / "models" / "m", 1.0) / "lineage.json").read_text())
+    digests = write_payload_digests([tmp_path / "models"], tmp_path / "d.json").read_text()
+    second = json.loads((make(tmp_path / "models" / "m", 9.0) / "lineage.json").read_text())
+    assert (first["runtime"]["timing"], second["runtime"]["timing"]) == (
+        {"wall_time_s": 1.0},
+        {"wall_time_s": 9.0},
+    )
+    assert "wall_time_s" not in (tmp_path / "models" / "m" / "metrics.json").read_text()
+    assert first["artifact"]["digest"] == second["artifact"]["digest"]
+    assert first["artifact"]["record_digest"] == second["artifact"]["record_digest"]
+    assert write_payload_digests([tmp_path / "models"], tmp_path / "d.json").read_text() == digests
+    [(name, entry)] = payload_digests([tmp_path / "models" / "m"]).items()
+    assert name.endswith("models/m") and entry["kind"] == "model"
+    verify(str(tmp_path / "models" / "m"))
+    with pytest.raises(ArtifactError, match="neither an artifact"):
+        payload_digests([tmp_path / "nowhere"])

@@ -57,10 +57,13 @@ def test_the_blocker_really_hides_kfp(no_kfp_env):
 def test_help_and_every_command_but_pipeline_work_without_kfp(no_kfp_env):
     top = reidflow(no_kfp_env, "--help")
     assert top.returncode == 0, top.stderr
-    commands = ["synth", "shard", "pretrain", "metabin", "dg-benchmark", "evaluate", "readers", "presets"]
+    commands = [
+        "synth", "shard", "pretrain", "metabin", "dg-benchmark", "sda", "sda-study", "mmt", "mmt-study",
+        "evaluate", "readers", "presets",
+    ]  # fmt: skip
     for command in commands + ["lineage", "pipeline", "version"]:
         assert command in top.stdout
-    for command in commands + ["lineage show", "lineage verify", "lineage graph"]:
+    for command in commands + ["lineage show", "lineage verify", "lineage graph", "lineage digests"]:
         result = reidflow(no_kfp_env, *command.split(), "--help")
         assert result.returncode == 0, f"{command} --help: {result.stderr}"
     readers = reidflow(no_kfp_env, "readers")

@@ -285,3 +285,29 @@ def test_ivf_neighbours_are_close_to_exact_and_give_the_same_clusters() -> None:
     assert np.array_equal(again.labels, approx.labels)  # deterministic
     with pytest.raises(ConfigError, match="knn must be 'exact' or 'ivf'"):
         jaccard_distance(x[:50], knn="hnsw")
+
+
+def test_camera_centering_removes_a_per_camera_offset() -> None:
+    """Two identities seen by two cameras whose style shifts every feature: plain clustering groups by
+    camera, camera-centred clustering by identity."""
+    from reidflow.cluster import center_per_camera
+
+    rng = np.random.default_rng(0)
+    ids, cams = np.repeat([0, 1], 20), np.tile(np.repeat([0, 1], 10), 2)
+    identity = np.eye(8)[[0, 1]][ids] * 0.5
+    camera = np.eye(8)[[2, 3]][cams] * 2.0
+    x = identity + camera + 0.01 * rng.standard_normal((40, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cfg = PseudoLabelConfig(k1=10, k2=2, eps=0.5, min_samples=3)
+    plain = pseudo_labels(x, cfg)
+    centred = pseudo_labels(x, cfg.model_copy(update={"camera_centering": True}), camids=cams)
+    assert clustering_metrics(plain.labels, cams)["purity"] == 1.0  # camera clusters
+    assert clustering_metrics(centred.labels, ids)["purity"] == 1.0  # identity clusters...
+    kept = centred.labels >= 0
+    assert all(len(set(cams[kept & (centred.labels == c)])) == 2 for c in range(centred.num_clusters))
+    y = center_per_camera(x, cams)
+    assert np.allclose(np.linalg.norm(y, axis=1), 1.0) and y.dtype == np.float32
+    with pytest.raises(ConfigError, match="camera id"):
+        pseudo_labels(x, cfg.model_copy(update={"camera_centering": True}))
+    with pytest.raises(DataError, match="camera ids for 40 features"):
+        center_per_camera(x, cams[:5])

@@ -550,3 +550,38 @@ def test_torchrun_arguments_of_a_stage_with_modes() -> None:
     assert args[:4] == ["sda", "train", "--params", "/p.yaml"]
     assert args[4:8] == ["--input", "source=s3://b/s", "--input", "target=s3://b/t"]
     assert runtime.stage_cli_args("pretrain", "/p.yaml", [], "o", "t")[:2] == ["pretrain", "--params"]
+
+
+def test_mmt_per_backbone_when_params_have_an_mmt_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pretrain (seed 0) and pretrain-seed1 of each backbone -> mmt in the same loop -> the ensemble."""
+    monkeypatch.delenv("REIDFLOW_IMAGE", raising=False)
+    params = tiny_params(image=f"registry.example.com/reidflow@{DIGEST}")
+    params["datasets"]["night_station"]["role"] = "target"
+    params["mmt"] = {"transforms": {"height": 64, "width": 32}}
+    spec, platform = compile_params(tmp_path, params)
+    tasks = all_tasks(spec)
+    by_name = {t["taskInfo"]["name"]: key for key, t in tasks.items()}
+    mmt, second = by_name["mmt"], by_name["pretrain-seed1"]
+    artifacts = tasks[mmt]["inputs"]["artifacts"]
+    assert artifacts["model1"]["taskOutputArtifact"]["producerTask"] == "pretrain"
+    assert artifacts["model2"]["taskOutputArtifact"]["producerTask"] == second
+    assert "collect-shards" in json.dumps(artifacts["shards"])  # the loop's input: collect's manifest
+    loop = next(c for c in spec["components"].values() if mmt in ((c.get("dag") or {}).get("tasks") or {}))
+    assert "pretrain" in loop["dag"]["tasks"], "mmt runs inside the backbone loop, beside pretrain"
+    parameters = tasks[second]["inputs"]["parameters"]
+    assert parameters["overrides"]["componentInputParameter"] == "pipelinechannel--mmt_pretrain_overrides"
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["mmt_pretrain_overrides"]["defaultValue"] == ["pretrain.seed=1", "pretrain.engine.seed=1"]
+    evaluate_inputs = tasks["evaluate"]["inputs"]["artifacts"]
+    assert "mmt_models" in evaluate_inputs and "models" in evaluate_inputs
+    res = spec["deploymentSpec"]["executors"]["exec-mmt"]["container"]["resources"]
+    assert res["accelerator"]["resourceCount"] == "2"
+    assert "nvidia-l4" in json.dumps(platform["exec-mmt"])
+    assert "mmt" not in by_name or "mmt" not in {
+        t["taskInfo"]["name"] for t in all_tasks(compile_params(tmp_path, tiny_params())[0]).values()
+    }
+    assert runtime.stage_cli_args("mmt", "/p.yaml", [("model", "a"), ("model", "b")], "o", "t")[:4] == [
+        "mmt", "--params", "/p.yaml", "--input",
+    ]  # fmt: skip

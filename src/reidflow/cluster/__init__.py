@@ -1,6 +1,7 @@
 """Pseudo labels for unsupervised adaptation: sparse k-reciprocal Jaccard distances, DBSCAN on them
 (or k-means), cluster centroids and purity / NMI / ARI. Shared by MMT+ and usable on its own."""
 
+from reidflow.cluster.camera import center_per_camera
 from reidflow.cluster.jaccard import jaccard_distance
 from reidflow.cluster.neighbours import nearest_neighbours
 from reidflow.cluster.pseudo_labels import (
@@ -18,6 +19,7 @@ __all__ = [
     "PseudoLabelConfig",
     "PseudoLabels",
     "adaptive_eps",
+    "center_per_camera",
     "cluster_centroids",
     "clustering_metrics",
     "dbscan_labels",

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, model_validator
 
+from reidflow.cluster.camera import center_per_camera
 from reidflow.cluster.jaccard import jaccard_distance
 from reidflow.cluster.neighbours import as_features
 from reidflow.config import StrictModel
@@ -58,6 +59,11 @@ class PseudoLabelConfig(StrictModel):
     num_clusters: int | None = Field(None, ge=1, description="k-means only: the number of clusters")
     kmeans_iters: int = Field(300, ge=1)
     seed: int = 0
+    camera_centering: bool = Field(
+        False,
+        description="cluster camera-centred features (each camera's mean feature subtracted; "
+        "reidflow.cluster.camera); needs the target's camera ids",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PseudoLabelConfig:
@@ -159,10 +165,17 @@ def kmeans_labels(features: np.ndarray, num_clusters: int, seed: int = 0, iters:
     return PseudoLabels(labels=labels, num_clusters=count, core=np.ones(features.shape[0], dtype=bool))
 
 
-def pseudo_labels(features: Any, cfg: PseudoLabelConfig, eps: float | None = None) -> PseudoLabels:
+def pseudo_labels(
+    features: Any, cfg: PseudoLabelConfig, eps: float | None = None, camids: Any = None
+) -> PseudoLabels:
     """Cluster ``features`` (N×D, L2-normalized). ``eps`` overrides the config's (the adaptive eps
-    found at epoch 0 is passed back in later epochs)."""
+    found at epoch 0 is passed back in later epochs). ``camids`` (N) are needed by
+    ``cfg.camera_centering``."""
     x = as_features(features, "pseudo_labels")
+    if cfg.camera_centering:
+        if camids is None:
+            raise ConfigError("pseudo_labels: camera_centering needs the camera id of every sample")
+        x = center_per_camera(x, camids)
     if cfg.method == "kmeans":
         assert cfg.num_clusters is not None
         result = kmeans_labels(x, cfg.num_clusters, cfg.seed, cfg.kmeans_iters)

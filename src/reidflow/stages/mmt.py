@@ -45,6 +45,7 @@ from reidflow.stages.training import (
 from reidflow.store.artifacts import open_input
 from reidflow.store.lineage import RunContext
 from reidflow.train import distributed as ddp
+from reidflow.train.bn_refresh import recompute_target_bn
 from reidflow.train.engine import EngineConfig, seed_everything
 from reidflow.train.mmt import MMTConfig, MMTMethod
 from reidflow.train.optim import OptimizerConfig
@@ -61,7 +62,9 @@ class MMTStageConfig(TrainingStageConfig):
         default_factory=lambda: OptimizerConfig(name="adam", lr=3.5e-4, weight_decay=5e-4)
     )
     feature_batch_size: int = Field(128, ge=1, description="batch of the per-epoch target feature pass")
-    export: Literal["mean1", "mean2"] = "mean1"
+    export: Literal["mean1", "mean2", "both"] = Field(
+        "mean1", description="the mean net written; both: mean1 to the output, mean2 to <output>-mean2"
+    )
     engine: EngineConfig = Field(default_factory=lambda: EngineConfig(epochs=40))
     transforms: dict[str, Any] = Field(
         default_factory=lambda: {"height": 128, "width": 64, "autoaugment": False, "erasing_p": 0.5}
@@ -141,6 +144,13 @@ class PseudoIdentitySampler:
                 continue
             pairs = sources * self.num_target + targets
             yield pairs[self.rank * share : (self.rank + 1) * share].tolist()
+
+
+def export_targets(export: str, output: str | Path) -> list[tuple[str, str | Path]]:
+    """(mean net, destination URI) pairs: ``both`` writes mean2 beside the output, as ``<output>-mean2``."""
+    if export != "both":
+        return [(export, output)]
+    return [("mean1", output), ("mean2", f"{str(output).rstrip('/')}-mean2")]
 
 
 def _load_nets(model_dirs: list[Path], cfg: MMTStageConfig) -> tuple[list[Any], ModelConfig]:
@@ -237,12 +247,20 @@ def _run(
         len(target_ds),
         num_source,
         target_true_labels=true_ids,
+        target_camids=np.asarray(target_rows.camids),
         on_labels=sampler.set_labels,
     )
 
     def write(fitted: Fitted) -> None:
-        net = copy.deepcopy(method.means[0 if cfg.export == "mean1" else 1]).cpu().eval()
+        for which, dest in export_targets(cfg.export, output):
+            _write_mean_net(which, dest, fitted)
+
+    def _write_mean_net(which: str, dest: str | Path, fitted: Fitted) -> None:
+        net = copy.deepcopy(method.means[0 if which == "mean1" else 1]).eval()
         fold_dsbn(net)
+        if mcfg.refresh_target_bn:  # on the folded copy: plain BNs, so rank 0 needs no other process
+            recompute_target_bn(net, target_images(), torch.device(fitted.device))
+        net = net.cpu().eval()
         for p in net.parameters():
             p.requires_grad_(True)
         out_cfg = model_cfg.model_copy(
@@ -253,10 +271,11 @@ def _run(
                 "num_classes": int(net.classifier.weight.shape[0]),
             }
         )
+        name = cfg.name or f"{mcfg.mode}-{model_cfg.backbone}"
         extra = {
-            "name": cfg.name or f"{mcfg.mode}-{model_cfg.backbone}",
+            "name": name if which == "mean1" or cfg.export != "both" else f"{name}-{which}",
             "method": mcfg.mode,
-            "exported": cfg.export,
+            "exported": which,
             "num_source_ids": num_source,
             "num_clusters": method.num_clusters,
             "num_target_train_images": len(target_ds),
@@ -268,7 +287,7 @@ def _run(
             return {"pseudo_labels": method.cluster_history}
 
         write_trained_model(
-            output,
+            dest,
             TrainedModel(net, out_cfg, tcfg, fitted.result, fitted.device, extra),
             stage="mmt",
             cfg=cfg,

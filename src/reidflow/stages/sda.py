@@ -354,13 +354,12 @@ def _write_generator(
             art.path / SAMPLES_FILE, nets["g_st"], source_images, target_images, tcfg, cfg.samples, cfg.seed
         )
         result = fitted.result
+        art.timing = {
+            "images_per_s": round(result.samples_per_s, 2),
+            "wall_time_s": round(result.wall_time_s, 1),
+        }
         art.metrics = {
-            "train": {
-                "iterations": result.final_iteration,
-                "images_per_s": round(result.samples_per_s, 2),
-                "wall_time_s": round(result.wall_time_s, 1),
-                "final": final_losses(history, LOSS_KEYS),
-            }
+            "train": {"iterations": result.final_iteration, "final": final_losses(history, LOSS_KEYS)}
         }
 
 
@@ -491,12 +490,11 @@ def translate(
             generator_s += stats.pop("generator_s")
             images += stats["images"]
             per_dataset[ddir.name] = stats
-        art.metrics = {
-            "images": images,
+        art.timing = {
             "images_per_s": round(images / max(total_s, 1e-9), 2),
             "generator_images_per_s": round(images / max(generator_s, 1e-9), 2),
-            "datasets": per_dataset,
         }
+        art.metrics = {"images": images, "datasets": per_dataset}
     return Path(str(output))
 
 

@@ -186,11 +186,13 @@ def write_trained_model(
             std=tcfg.std, extra=run.extra,
         )  # fmt: skip
         save_training_curve(art.path, run.result.history, losses, lr_key)
+        art.timing = {
+            "images_per_s": round(run.result.samples_per_s, 2),
+            "wall_time_s": round(run.result.wall_time_s, 1),
+        }
         metrics: dict[str, Any] = {
             "train": {
                 "iterations": run.result.final_iteration,
-                "images_per_s": round(run.result.samples_per_s, 2),
-                "wall_time_s": round(run.result.wall_time_s, 1),
                 "final": final_losses(run.result.history, (*losses, "acc")),
             }
         }

@@ -65,6 +65,9 @@ class ArtifactWriter:
     uri: URI
     metrics: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    # wall time, throughput: recorded in lineage.json (runtime.timing), never in the hashed payload, so
+    # a bit-identical rerun makes a byte-identical artifact and its downstream stays cached
+    timing: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ def finalize_directory(
         started=started,
         metrics=writer.metrics,
         sizes=sizes,
+        timing=writer.timing,
     )
     (root / LINEAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     return record

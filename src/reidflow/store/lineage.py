@@ -34,8 +34,10 @@ VOLATILE_FIELDS = (
     "runtime.run_id",
     "runtime.orchestrator",
     "runtime.image",
+    "runtime.timing",
 )
-"""Record fields left out of the record digest: when and where a run happened, not what it made.
+"""Record fields left out of the record digest: when and where a run happened, and how fast, not what
+it made.
 
 Everything else (kind, files, sizes, file digest, stage, params, params digest, seed, inputs with the
 digests they pinned, code version and commit, python/torch/device, metrics) is covered by
@@ -149,6 +151,7 @@ def build_record(
     started: str,
     metrics: dict[str, Any] | None,
     sizes: dict[str, int] | None = None,
+    timing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of a finished artifact; ``artifact.record_digest`` covers all but the volatile fields."""
     artifact: dict[str, Any] = {"kind": kind, "uri": scrub(uri), "files": files, "digest": digest}
@@ -163,7 +166,7 @@ def build_record(
         "seed": seed,
         "inputs": [i.to_json() for i in inputs],
         "code": {"version": reidflow.__version__, **git_info()},
-        "runtime": runtime_info(ctx, device),
+        "runtime": {**runtime_info(ctx, device), **({"timing": timing} if timing else {})},
         "started": started,
         "finished": now_iso(),
         "metrics": scrub(metrics or {}),

@@ -51,6 +51,7 @@ from reidflow.losses import (
 from reidflow.models.heads import build_classifier
 from reidflow.models.norms import convert_to_dsbn, dsbn_route, has_dsbn
 from reidflow.train import distributed as ddp
+from reidflow.train.bn_refresh import recompute_target_bn
 from reidflow.train.ema import make_mean_net, update_mean_net
 from reidflow.train.engine import StepContext
 from reidflow.train.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
@@ -90,6 +91,11 @@ class MMTConfig(StrictModel):
     moco_queue_size: int = Field(12800, ge=1)
     moco_temperature: float = Field(0.07, gt=0)
     ema_max_alpha: float = Field(0.999, ge=0, lt=1)
+    refresh_target_bn: bool = Field(
+        True,
+        description="recompute the mean nets' target BN statistics on the un-augmented target set before "
+        "each clustering and before export (reidflow.train.bn_refresh); false: the reference's copied buffers",
+    )
     classifier: Literal["linear", "arcface", "cosface"] = "arcface"
     classifier_scale: float | None = Field(None, gt=0)
     classifier_margin: float | None = Field(None, ge=0)
@@ -134,9 +140,15 @@ class MMTMethod:
         num_source_classes: int = 0,
         *,
         target_true_labels: np.ndarray | None = None,
+        target_camids: np.ndarray | None = None,
         on_labels: Callable[[np.ndarray], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        if cfg.cluster.camera_centering and (target_camids is None or len(target_camids) != num_target):
+            raise DataError(
+                "mmt: method.cluster.camera_centering needs the camera id of each of the "
+                f"{num_target} target images"
+            )
         dims = [int(getattr(n, "feature_dim", -1)) for n in (net1, net2)]
         if dims[0] < 1 or dims[0] != dims[1]:
             raise ConfigError(
@@ -173,6 +185,7 @@ class MMTMethod:
         self.num_target = int(num_target)
         self.num_source = int(num_source_classes)
         self.true_labels = None if target_true_labels is None else np.asarray(target_true_labels)
+        self.target_camids = None if target_camids is None else np.asarray(target_camids)
         self.on_labels = on_labels
         self.labels = np.full(self.num_target, -1, dtype=np.int64)
         self.num_clusters = 0
@@ -230,8 +243,10 @@ class MMTMethod:
 
     # -- re-clustering
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> None:
+        if self.cfg.refresh_target_bn:
+            self.refresh_target_bn(ctx.device, ctx.autocast)
         features = self.target_features(ctx)
-        result = pseudo_labels(features, self.cfg.cluster, eps=self.eps)
+        result = pseudo_labels(features, self.cfg.cluster, eps=self.eps, camids=self.target_camids)
         if self.cfg.cluster.method == "dbscan" and self.cfg.cluster.adaptive_eps_rho and self.eps is None:
             self.eps = result.eps  # chosen once, at the first clustering
         self.labels, self.num_clusters = result.labels, result.num_clusters
@@ -250,6 +265,12 @@ class MMTMethod:
         if self.on_labels is not None:
             self.on_labels(self.labels.copy())
         ctx.refresh()
+
+    def refresh_target_bn(self, device: torch.device, autocast: Callable[[], Any] | None = None) -> None:
+        """Both mean nets' target BN statistics, recomputed on the un-augmented target set
+        (reidflow.train.bn_refresh); the nets' own statistics are copied in again at the next step."""
+        for mean in self.means:
+            recompute_target_bn(mean, self.target_images(), device, autocast)
 
     @torch.no_grad()
     def target_features(self, ctx: StepContext) -> np.ndarray:

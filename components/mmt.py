@@ -1,0 +1,76 @@
+"""KFP component of stage ``mmt``: two pretrained models of one backbone + the shards -> the adapted model.
+
+The manifest's sources are MMT+'s labelled half (unused in ``mmt.method.mode: mmt``); its target is the
+unlabelled set the pseudo labels come from (its identities only score the pseudo labels).
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import IMAGE
+
+
+def mmt(
+    params_yaml: str,
+    overrides: list,
+    backbone: str,
+    shards: Input[Dataset],
+    model1: Input[Model],
+    model2: Input[Model],
+    artifact_root: str,
+    gpus: int,
+    params_digest: str,
+    shards_digest: str,
+    model: Output[Model],
+    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+) -> NamedTuple("MmtOutputs", [("digest", str)]):
+    """Adapt ``model1`` and ``model2`` (two ``pretrain`` seeds of ``backbone``) to the manifest's target.
+
+    With ``gpus`` > 1 the stage runs under torchrun in this pod (the result does not depend on the
+    number of processes: docs/methods/mmt.md). ``params_digest``/``shards_digest`` key the cache.
+    """
+    from collections import namedtuple
+
+    from components import runtime
+    from reidflow.config import section
+    from reidflow.errors import ConfigError
+    from reidflow.stages import mmt as stage
+
+    params = runtime.load_params_text(params_yaml, [*overrides, f"mmt.name={backbone}-mmt"])
+    cfg = section(params, "mmt", stage.MMTStageConfig, source=runtime.PARAMS_SOURCE)
+    sources, target = runtime.training_inputs(runtime.read_manifest(shards))
+    if target is None:
+        raise ConfigError("datasets: mmt needs a dataset with role 'target' (the unlabelled set to adapt to)")
+    models = [runtime.input_uri(model1), runtime.input_uri(model2)]
+    uri = runtime.output_uri(model, artifact_root, run_id, task_name, item=backbone)
+    if gpus > 1:
+        inputs = [("model", m) for m in models] + [("source", s) for s in sources] + [("target", target)]
+        runtime.run_torchrun("mmt", gpus, params, inputs, uri, run_id, task_name)
+    else:
+        from reidflow.obs.train_hook import PrometheusHook
+
+        with (
+            runtime.private_s3_cache(),
+            runtime.observed("mmt", runtime.metrics_instance(task_name, backbone)) as stage_metrics,
+        ):
+            stage.run(
+                cfg,
+                models,
+                sources,
+                target,
+                uri,
+                runtime.run_context(run_id, task_name),
+                hooks=(PrometheusHook(stage_metrics),),
+            )
+    digest = runtime.publish(model, uri, backbone=backbone)
+    return namedtuple("MmtOutputs", ["digest"])(digest)
+
+
+def build(image: str = IMAGE):
+    return dsl.component(mmt, base_image=image, install_kfp_package=False)
+
+
+component = build()
