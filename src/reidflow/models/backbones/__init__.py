@@ -1,6 +1,6 @@
 """Built-in backbone families; importing this package registers them (see ``models.registry``)."""
 
-from reidflow.models.backbones import mobilenetv2, osnet, resnet
+from reidflow.models.backbones import densenet, mobilenetv2, osnet, resnest, resnet, resnext
 from reidflow.models.backbones.base import Backbone
 
-__all__ = ["Backbone", "mobilenetv2", "osnet", "resnet"]
+__all__ = ["Backbone", "densenet", "mobilenetv2", "osnet", "resnest", "resnet", "resnext"]
