@@ -320,68 +320,45 @@ def dg_benchmark(
     err_console.print(f"[green]dg-benchmark[/green]: wrote {out}" + (f" and {table}" if table else ""))
 
 
-@app.command("sda-study")
-def sda_study(
-    workdir: Annotated[
-        Path, typer.Option("--workdir", help="where data, shards and trained runs are kept")
-    ] = Path("artifacts/sda_study"),
-    output: Annotated[
-        str | None, typer.Option("--output", help="report artifact URI (default: <workdir>/report)")
-    ] = None,
-    table: Annotated[
-        Path | None, typer.Option("--table", help="also write the Markdown (+ plot, sample grids) here")
-    ] = None,
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-    orchestrator: OrchOpt = None,
-    stage_name: StageNameOpt = None,
+StudyWorkdirOpt = Annotated[
+    Path, typer.Option("--workdir", help="where data, shards and trained runs are kept")
+]
+StudyOutputOpt = Annotated[
+    str | None, typer.Option("--output", help="report artifact URI (default: <workdir>/report)")
+]
+StudyTableOpt = Annotated[
+    Path | None, typer.Option("--table", help="also write the Markdown (+ plots, sample grids) here")
+]
+StudyTargetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target", help="train only this target (repeatable; to split the study over processes): no report"
+    ),
+]
+
+
+def _run_study(
+    name: str,
+    module: str,
+    config: str,
+    workdir: Path,
+    output: str | None,
+    table: Path | None,
+    target: list[str] | None,
+    params: Path,
+    set_: list[str] | None,
+    orchestrator: str | None,
+    stage_name: str | None,
 ) -> None:
-    """Pretrain on raw, CycleGAN- and SDA-translated sources per target style x seed; tabulate the evidence."""
+    """What the study commands share: the section, the command line for the report, --target."""
+    import importlib
     import shlex
     import sys
 
     from reidflow.config import section
-    from reidflow.stages import sda_study as stage
 
-    raw = _load(params, set_)
-    cfg = section(raw, "sda_study", stage.SDAStudyConfig, source=str(params))
-    command = "reidflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = stage.run(cfg, workdir, output, _ctx(orchestrator, stage_name), command=command, table=table)
-    err_console.print(f"[green]sda-study[/green]: wrote {out}" + (f" and {table}" if table else ""))
-
-
-@app.command("mmt-study")
-def mmt_study(
-    workdir: Annotated[
-        Path, typer.Option("--workdir", help="where data, shards and trained runs are kept")
-    ] = Path("artifacts/mmt_study"),
-    output: Annotated[
-        str | None, typer.Option("--output", help="report artifact URI (default: <workdir>/report)")
-    ] = None,
-    table: Annotated[
-        Path | None, typer.Option("--table", help="also write the Markdown (+ plots) here")
-    ] = None,
-    target: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--target",
-            help="train only this target (repeatable; to split the study over processes): no report",
-        ),
-    ] = None,
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-    orchestrator: OrchOpt = None,
-    stage_name: StageNameOpt = None,
-) -> None:
-    """Direct transfer vs MMT vs MMT+ per target style x seed (two pretrain seeds each); tabulate them."""
-    import shlex
-    import sys
-
-    from reidflow.config import section
-    from reidflow.stages import mmt_study as stage
-
-    raw = _load(params, set_)
-    cfg = section(raw, "mmt_study", stage.MMTStudyConfig, source=str(params))
+    stage = importlib.import_module(f"reidflow.stages.{module}")
+    cfg = section(_load(params, set_), module, getattr(stage, config), source=str(params))
     command = "reidflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = stage.run(
         cfg,
@@ -393,11 +370,45 @@ def mmt_study(
         only_targets=target,
     )
     if out is None:
-        err_console.print(
-            f"[green]mmt-study[/green]: trained {', '.join(target or [])}; no report (--target)"
-        )
+        err_console.print(f"[green]{name}[/green]: trained {', '.join(target or [])}; no report (--target)")
     else:
-        err_console.print(f"[green]mmt-study[/green]: wrote {out}" + (f" and {table}" if table else ""))
+        err_console.print(f"[green]{name}[/green]: wrote {out}" + (f" and {table}" if table else ""))
+
+
+@app.command("sda-study")
+def sda_study(
+    workdir: StudyWorkdirOpt = Path("artifacts/sda_study"),
+    output: StudyOutputOpt = None,
+    table: StudyTableOpt = None,
+    target: StudyTargetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """Pretrain on raw, CycleGAN- and SDA-translated sources per target style x seed; tabulate the evidence."""
+    _run_study(
+        "sda-study", "sda_study", "SDAStudyConfig", workdir, output, table, target, params, set_,
+        orchestrator, stage_name,
+    )  # fmt: skip
+
+
+@app.command("mmt-study")
+def mmt_study(
+    workdir: StudyWorkdirOpt = Path("artifacts/mmt_study"),
+    output: StudyOutputOpt = None,
+    table: StudyTableOpt = None,
+    target: StudyTargetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """Direct transfer vs MMT vs MMT+ per target style x seed (two pretrain seeds each); tabulate them."""
+    _run_study(
+        "mmt-study", "mmt_study", "MMTStudyConfig", workdir, output, table, target, params, set_,
+        orchestrator, stage_name,
+    )  # fmt: skip
 
 
 @app.command()

@@ -42,6 +42,7 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     sda["discriminator"] = {"ndf": 4, "n_layers": 2}
     sda["sampler"] = {"P": 3, "K": 2}
     sda["target_batch_size"] = 4
+    sda["identity_warmup_iters"] = 1  # one warm-up iteration, then the full objective
     sda["loss"] = {**sda["loss"], "pool_size": 4}
     sda["schedule"] = {"constant_epochs": 1, "decay_epochs": 1}
     sda["engine"] = {**sda["engine"], "epochs": 2, "iters_per_epoch": 1, "log_every": 1}

@@ -40,6 +40,7 @@ def tiny_study() -> dict:
     s["discriminator"] = {"ndf": 4, "n_layers": 2}
     s["sampler"] = {"P": 3, "K": 2}
     s["target_batch_size"] = 4
+    s["identity_warmup_iters"] = 1  # one warm-up iteration, then the full objective
     s["loss"]["pool_size"] = 4
     s["schedule"] = {"constant_epochs": 1, "decay_epochs": 1}
     s["engine"] = {"epochs": 2, "iters_per_epoch": 1, "log_every": 1}

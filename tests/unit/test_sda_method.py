@@ -61,7 +61,7 @@ def encoder(seed: int) -> nn.Module:
     return EncoderInput(model, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_MEAN, IMAGENET_STD, (32, 16))
 
 
-def method(relation_weight: float = 1.0, online: bool = False, pool: int = 3) -> SDAMethod:
+def method(relation_weight: float = 1.0, online: bool = False, pool: int = 3, warmup: int = 0) -> SDAMethod:
     seed_everything(0)
     g = {
         n: build_generator(GeneratorConfig(ngf=4, n_blocks=1), IMAGENET_MEAN, IMAGENET_STD)
@@ -91,6 +91,7 @@ def method(relation_weight: float = 1.0, online: bool = False, pool: int = 3) ->
         encoder_optimizer=e_opt,
         encoder_scheduler=build_gan_scheduler(e_opt, schedule, 3) if e_opt else None,
         num_classes=6,
+        identity_warmup_iters=warmup,
     )
 
 
@@ -181,3 +182,17 @@ def test_bf16_autocast_step_is_finite():
     cfg = EngineConfig(max_iters=1, iters_per_epoch=3, device="cpu", amp="bf16", log_every=1)
     last = Engine(m, loader, cfg, default_hooks=False).fit().history[-1]
     assert all(np.isfinite(last[k]) for k in ("g_gan", "cycle", "identity", "relation", "d_s", "d_t"))
+
+
+def test_identity_warmup_trains_only_the_generators_towards_the_identity():
+    m = method(warmup=2)
+    before = weights(m)
+    history = engine(m, None, 2).fit().history
+    assert [h["g_gan"] for h in history] == [0.0, 0.0] and all(h["warmup_identity"] > 0 for h in history)
+    after = weights(m)
+    for name in ("d_s", "d_t"):  # the discriminators rest
+        assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(name + ".")), name
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("g_st."))
+    m = method(warmup=1)  # then the full objective
+    last = engine(m, None, 2).fit().history[-1]
+    assert last["g_gan"] > 0 and last["d_s"] > 0 and "warmup_identity" not in last

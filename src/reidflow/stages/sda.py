@@ -106,6 +106,12 @@ class SDAConfig(TrainingStageConfig):
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     sampler: SourceBatchConfig = Field(default_factory=SourceBatchConfig)
     target_batch_size: int = Field(32, ge=1, description="random target images per iteration")
+    identity_warmup_iters: int = Field(
+        0,
+        ge=0,
+        description="ours, 0 = the reference: the first N iterations of the budget train only the "
+        "generators, towards the identity (docs/methods/sda.md)",
+    )
     loss: SDALossConfig = Field(default_factory=SDALossConfig)
     relation: RelationConfig = Field(default_factory=RelationConfig)
     optimizer: OptimizerConfig = Field(
@@ -217,6 +223,7 @@ def _train(
         encoder_scheduler=build_gan_scheduler(e_opt, cfg.schedule, iters_per_epoch) if e_opt else None,
         num_classes=len(label_map),
         seed=cfg.seed,
+        identity_warmup_iters=cfg.identity_warmup_iters,
     )
     log.info(
         "sda: %d source images (%d identities), %d target images, relation weight %g (%s)",

@@ -116,17 +116,25 @@ def run(
     ctx: RunContext | None = None,
     command: str | None = None,
     table: str | Path | None = None,
-) -> Path:
+    only_targets: Sequence[str] | None = None,
+) -> Path | None:
     """Run (or resume) the study under ``workdir``; write the report artifact to ``output`` (default
-    ``workdir/report``) and, when given, the Markdown (+ plot and sample grid) to ``table``."""
+    ``workdir/report``) and, when given, the Markdown (+ plot and sample grid) to ``table``. With
+    ``only_targets`` train those targets only and write no report (returns None)."""
+    from reidflow.errors import ConfigError
+
     started = now_iso()
     work = Path(workdir)
     output = Path(output) if output else work / "report"
-    shards = prepare_domains(cfg.effective_synth(), [*cfg.sources, *cfg.all_targets], work, ctx)
+    unknown = sorted(set(only_targets or ()) - set(cfg.all_targets))
+    if unknown:
+        raise ConfigError(f"sda-study: --target {unknown} not among the study's targets {cfg.all_targets}")
+    targets = [t for t in cfg.all_targets if not only_targets or t in only_targets]
+    shards = prepare_domains(cfg.effective_synth(), [*cfg.sources, *targets], work, ctx)
     sources = [shards[s] for s in cfg.sources]
     runs: dict[str, Any] = {}
     for seed in cfg.seeds:  # seed-major: a partial study already holds every target
-        for target in cfg.all_targets:
+        for target in targets:
             paths = _train_one(cfg, work / "runs" / target, seed, sources, shards[target], ctx)
             runs[f"{target}-seed{seed}"] = {
                 "target": target,
@@ -134,6 +142,8 @@ def run(
                 "paths": {k: str(v) for k, v in paths.items()},
                 "scores": _score_one(cfg, paths, sources, shards[target], seed),
             }
+    if only_targets:
+        return None
     return _write_report(cfg, runs, shards, output, ctx, started, command, table)
 
 

@@ -10,6 +10,10 @@ images ``x_t`` (both augmented here, with torch's RNG, and normalized):
 2. **Discriminators** (one Adam over ``D_s`` and ``D_t``): ``0.5 · (real + fake)`` LSGAN, the fakes
    drawn through two image pools.
 
+Optional (ours, off by default): ``identity_warmup_iters`` first iterations of the budget train only
+the generators, towards the identity on both domains (L1), so adversarial training starts from a
+mapping that keeps the people's content instead of from noise. docs/methods/sda.md says why.
+
 Encoders are frozen re-ID models (eval mode: the target encoder keeps its target-adapted BN
 statistics). With ``relation.online`` the target encoder is trained jointly on its own optimizer:
 by the relation loss and by CE + triplet on the translated images with their source labels.
@@ -160,6 +164,7 @@ class SDAMethod:
         encoder_scheduler: LRScheduler | None = None,
         num_classes: int | None = None,
         seed: int = 0,
+        identity_warmup_iters: int = 0,
     ) -> None:
         if set(generators) != {"g_st", "g_ts"} or set(discriminators) != {"d_s", "d_t"}:
             raise ConfigError("SDAMethod: expects generators g_st, g_ts and discriminators d_s, d_t")
@@ -192,6 +197,7 @@ class SDAMethod:
             if self.relation.online and num_classes
             else None
         )
+        self.identity_warmup_iters = int(identity_warmup_iters)
         self.pools = {
             "fake_t": ImagePool(loss.pool_size, seed=seed * 2 + 1),
             "fake_s": ImagePool(loss.pool_size, seed=seed * 2 + 2),
@@ -220,9 +226,28 @@ class SDAMethod:
         real_s = self.transform(batch["image"])
         real_t = self.transform(self.target_batch(ctx.iteration, ctx.device))
         labels = batch["pid"]
+        if ctx.iteration < self.identity_warmup_iters:
+            return self._identity_warmup_step(real_s, real_t, ctx)
         metrics, fakes = self._generator_step(real_s, real_t, labels, ctx)
         metrics.update(self._discriminator_step(real_s, real_t, fakes, ctx))
         return metrics
+
+    def _identity_warmup_step(
+        self, real_s: Tensor, real_t: Tensor, ctx: StepContext
+    ) -> dict[str, Tensor | float]:
+        """Both generators towards the identity on source and target images; the discriminators and
+        encoders rest. The objective's terms are reported as 0 (not trained yet), the warm-up L1 apart."""
+        both = torch.cat([real_s, real_t])
+        with ctx.autocast():
+            warm = identity_loss(loss_dtype(ctx.module("g_st")(both)), both) + identity_loss(
+                loss_dtype(ctx.module("g_ts")(both)), both
+            )
+        params = [p for name in ("g_st", "g_ts") for p in ctx.unwrap(name).parameters()]
+        ctx.backward_and_step({"warmup_identity": warm}, "generators", params=params)
+        terms = ("g_gan", "cycle", "identity", "d_s", "d_t") + (("relation",) if self.encoders else ())
+        if self.supervised is not None:
+            terms += ("encoder_ce", "encoder_triplet")
+        return {"warmup_identity": warm.detach(), **{k: 0.0 for k in terms}}
 
     def _generator_step(
         self, real_s: Tensor, real_t: Tensor, labels: Tensor, ctx: StepContext
