@@ -9,7 +9,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-unit bench lint venv clean-demo
+.PHONY: demo test test-unit bench lint venv clean-demo image test-image
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,24 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf artifacts data/synth
+
+# ---- the CPU image, built with podman (no Docker engine, no registry: docker/README.md) ----
+IMAGE        ?= localhost/reidflow:dev-cpu
+IMAGE_BASE   ?= localhost/debian:bookworm-slim
+DEBIAN_MIRROR ?= $(shell awk '/^URIs:/ {print $$2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || echo http://deb.debian.org/debian)
+WHEELS       ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
+
+image:
+	@command -v podman >/dev/null || { echo "make image needs podman: apt-get install -y --no-install-recommends podman debootstrap uidmap fuse-overlayfs slirp4netns"; exit 1; }
+	@if ! podman image exists $(IMAGE_BASE); then \
+		rootfs=$$(mktemp -d) && debootstrap --variant=minbase bookworm $$rootfs $(DEBIAN_MIRROR) \
+		&& tar -C $$rootfs -c . | podman import - $(IMAGE_BASE); status=$$?; rm -rf $$rootfs; exit $$status; \
+	fi
+	podman build --isolation chroot --network host \
+		-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/host-ca.crt:ro --build-arg PIP_CERT=/etc/ssl/host-ca.crt \
+		-v $(WHEELS):/wheels:ro --build-arg TORCH_FIND_LINKS=/wheels \
+		--build-arg BASE_IMAGE=$(IMAGE_BASE) --build-arg GIT_COMMIT=$$(git rev-parse HEAD) \
+		--build-arg BUILD_DATE=$$(date -u +%FT%TZ) -f docker/Dockerfile -t $(IMAGE) .
+
+test-image: image $(STAMP)
+	REIDFLOW_TEST_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_kfp_image.py

@@ -3,9 +3,11 @@
 Components are lightweight Python components (``@dsl.component``, no kfp install step) whose body
 imports reidflow from the image; :func:`build_components` binds them all to one image reference.
 
-Component bodies import :mod:`components.runtime`, :mod:`components.settings` and
-:mod:`components.pytorchjob` at run time, where kfp's executor loads only part of ``kfp.dsl``: those
-modules (and this file) must not build components on import.
+Component bodies import :mod:`components.runtime`, :mod:`components.settings`,
+:mod:`components.pytorchjob`, :mod:`components.sandbox`, :mod:`reidflow.obs.live`,
+:mod:`components.checkpoints` and :mod:`components.training` at run time, where kfp's executor loads
+only part of ``kfp.dsl``: those modules (and this file) must not build components on import (nor
+import kfp).
 """
 
 from dataclasses import dataclass

@@ -17,40 +17,40 @@ def camera(
     overrides: list,
     shards: Input[Dataset],
     artifact_root: str,
-    params_digest: str,
     shards_digest: str,
     model: Output[Model],
-    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+    task_name: str,
 ) -> NamedTuple("CameraOutputs", [("digest", str)]):
-    """Train the camera classifier on the manifest's target dataset (``params_digest``/``shards_digest`` key the cache)."""
+    """Train the camera classifier on the manifest's target dataset (``params_yaml``: the ``camera``
+    section; ``shards_digest`` keys the cache)."""
     from collections import namedtuple
 
-    from components import runtime
+    from components import runtime, sandbox, training
     from reidflow.config import section
     from reidflow.errors import ConfigError
-    from reidflow.obs.train_hook import PrometheusHook
     from reidflow.stages import pretrain
 
-    params = runtime.load_params_text(params_yaml, overrides)
-    cfg = section(params, "camera", pretrain.PretrainConfig, source=runtime.PARAMS_SOURCE)
-    _, target = runtime.training_inputs(runtime.read_manifest(shards))
-    if target is None:
-        raise ConfigError("camera model: no dataset with role 'target' among the sharded datasets")
-    uri = runtime.output_uri(model, artifact_root, run_id, task_name)
-    with (
-        runtime.private_s3_cache(),
-        runtime.observed("camera", runtime.metrics_instance(task_name)) as stage_metrics,
-    ):
-        pretrain.run(
-            cfg,
-            [target],
-            None,
-            uri,
-            runtime.run_context(run_id, task_name),
-            hooks=(PrometheusHook(stage_metrics),),
+    run_id = runtime.current_run_id(model)
+    with sandbox.pod(model):
+        params = runtime.load_params_text(params_yaml, overrides)
+        cfg = section(params, "camera", pretrain.PretrainConfig, source=runtime.PARAMS_SOURCE)
+        _, target = runtime.training_inputs(runtime.read_manifest(shards))
+        if target is None:
+            raise ConfigError("camera model: no dataset with role 'target' among the sharded datasets")
+        uri = runtime.output_uri(model, artifact_root, run_id, task_name)
+        ctx = runtime.run_context(run_id, task_name)
+        digest = training.train_and_publish(
+            stage="camera",
+            cfg=cfg,
+            params=params,
+            output=uri,
+            artifact=model,
+            run_id=run_id,
+            task_name=task_name,
+            train=lambda hooks, resume: pretrain.run(
+                cfg, [target], None, uri, ctx, resume=resume, hooks=hooks
+            ),
         )
-    digest = runtime.publish(model, uri)
     return namedtuple("CameraOutputs", ["digest"])(digest)
 
 

@@ -1,7 +1,9 @@
 """KFP component gathering the sharded datasets into one manifest (fan-in of the dataset loop).
 
 KFP cannot feed a ``dsl.Collected`` list into a task inside another ParallelFor (the backbone loop);
-the manifest (dataset, role, URI, digest per shard artifact) is the single artifact that loop reads.
+the manifest (dataset, role, object-store URI, digest per shard artifact) is the single artifact that
+loop reads. Its URIs are where the shard artifacts live in the object store (never a path in the
+shard task's pod), so a task that declares only the manifest can still read every shard.
 """
 
 from typing import NamedTuple
@@ -17,26 +19,27 @@ def collect_shards(
     shard_digests: list,
     manifest: Output[Dataset],
 ) -> NamedTuple("CollectOutputs", [("digest", str)]):
-    """Write manifest.json; the returned digest covers every shard artifact's content digest."""
-    import hashlib
+    """Write manifest.json; the returned digest covers every shard's dataset, role and content digest.
+
+    ``shard_digests`` (the shards' content digests) keys the cache.
+    """
     from collections import namedtuple
 
-    from components import runtime
+    from components import runtime, sandbox
 
-    entries = [
-        {
-            "dataset": s.metadata.get("dataset"),
-            "role": s.metadata.get("role"),
-            "uri": runtime.input_uri(s),
-            "digest": s.metadata.get("digest"),
-        }
-        for s in shards
-    ]
-    runtime.write_manifest(manifest.path, entries)
-    combined = (
-        "sha256:" + hashlib.sha256("\n".join(sorted(str(d) for d in shard_digests)).encode()).hexdigest()
-    )
-    manifest.metadata.update({"datasets": [e["dataset"] for e in entries], "digest": combined})
+    with sandbox.pod(manifest):
+        entries = [
+            {
+                "dataset": s.metadata.get("dataset"),
+                "role": s.metadata.get("role"),
+                "uri": runtime.store_uri(s),
+                "digest": s.metadata.get("digest"),
+            }
+            for s in shards
+        ]
+        runtime.write_manifest(manifest.path, entries)
+        combined = runtime.manifest_digest(entries)
+        manifest.metadata.update({"datasets": [e["dataset"] for e in entries], "digest": combined})
     return namedtuple("CollectOutputs", ["digest"])(combined)
 
 

@@ -18,47 +18,39 @@ def metabin(
     shards: Input[Dataset],
     artifact_root: str,
     gpus: int,
-    params_digest: str,
     shards_digest: str,
     model: Output[Model],
-    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+    task_name: str,
 ) -> NamedTuple("MetabinOutputs", [("digest", str)]):
-    """Train the ``metabin`` section's model on the manifest's sources (torchrun when ``gpus`` > 1).
-
-    ``params_digest`` and ``shards_digest`` only key the cache.
-    """
+    """Train the ``metabin`` section's model (``params_yaml``) on the manifest's sources (torchrun when
+    ``gpus`` > 1). ``shards_digest`` only keys the cache."""
     from collections import namedtuple
 
-    from components import runtime
+    from components import runtime, sandbox, training
     from reidflow.config import section
     from reidflow.stages import metabin as stage
 
-    params = runtime.load_params_text(params_yaml, overrides)
-    cfg = section(params, "metabin", stage.MetabinConfig, source=runtime.PARAMS_SOURCE)
-    manifest = runtime.read_manifest(shards)
-    sources, _ = runtime.training_inputs(manifest)
-    unseen = runtime.evaluation_sets(manifest)
-    uri = runtime.output_uri(model, artifact_root, run_id, task_name)
-    if gpus > 1:
-        inputs = [("source", s) for s in sources] + [("target", t) for t in unseen]
-        runtime.run_torchrun("metabin", gpus, params, inputs, uri, run_id, task_name)
-    else:
-        from reidflow.obs.train_hook import PrometheusHook
-
-        with (
-            runtime.private_s3_cache(),
-            runtime.observed("metabin", runtime.metrics_instance(task_name)) as stage_metrics,
-        ):
-            stage.run(
-                cfg,
-                sources,
-                unseen,
-                uri,
-                runtime.run_context(run_id, task_name),
-                hooks=(PrometheusHook(stage_metrics),),
-            )
-    digest = runtime.publish(model, uri)
+    run_id = runtime.current_run_id(model)
+    with sandbox.pod(model):
+        params = runtime.load_params_text(params_yaml, overrides)
+        cfg = section(params, "metabin", stage.MetabinConfig, source=runtime.PARAMS_SOURCE)
+        manifest = runtime.read_manifest(shards)
+        sources, _ = runtime.training_inputs(manifest)
+        unseen = runtime.evaluation_sets(manifest)
+        uri = runtime.output_uri(model, artifact_root, run_id, task_name)
+        ctx = runtime.run_context(run_id, task_name)
+        digest = training.train_and_publish(
+            stage="metabin",
+            cfg=cfg,
+            params=params,
+            output=uri,
+            artifact=model,
+            run_id=run_id,
+            task_name=task_name,
+            train=lambda hooks, resume: stage.run(cfg, sources, unseen, uri, ctx, resume=resume, hooks=hooks),
+            gpus=gpus,
+            cli_inputs=[("source", s) for s in sources] + [("target", t) for t in unseen],
+        )
     return namedtuple("MetabinOutputs", ["digest"])(digest)
 
 

@@ -21,51 +21,52 @@ def mmt(
     model2: Input[Model],
     artifact_root: str,
     gpus: int,
-    params_digest: str,
     shards_digest: str,
     model: Output[Model],
-    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+    task_name: str,
 ) -> NamedTuple("MmtOutputs", [("digest", str)]):
     """Adapt ``model1`` and ``model2`` (two ``pretrain`` seeds of ``backbone``) to the manifest's target.
 
-    With ``gpus`` > 1 the stage runs under torchrun in this pod (the result does not depend on the
-    number of processes: docs/methods/mmt.md). ``params_digest``/``shards_digest`` key the cache.
+    ``params_yaml`` holds the ``mmt`` section. With ``gpus`` > 1 the stage runs under torchrun in this
+    pod (the result does not depend on the number of processes: docs/methods/mmt.md).
+    ``shards_digest`` keys the cache.
     """
     from collections import namedtuple
 
-    from components import runtime
+    from components import runtime, sandbox, training
     from reidflow.config import section
     from reidflow.errors import ConfigError
     from reidflow.stages import mmt as stage
 
-    params = runtime.load_params_text(params_yaml, [*overrides, f"mmt.name={backbone}-mmt"])
-    cfg = section(params, "mmt", stage.MMTStageConfig, source=runtime.PARAMS_SOURCE)
-    sources, target = runtime.training_inputs(runtime.read_manifest(shards))
-    if target is None:
-        raise ConfigError("datasets: mmt needs a dataset with role 'target' (the unlabelled set to adapt to)")
-    models = [runtime.input_uri(model1), runtime.input_uri(model2)]
-    uri = runtime.output_uri(model, artifact_root, run_id, task_name, item=backbone)
-    if gpus > 1:
-        inputs = [("model", m) for m in models] + [("source", s) for s in sources] + [("target", target)]
-        runtime.run_torchrun("mmt", gpus, params, inputs, uri, run_id, task_name)
-    else:
-        from reidflow.obs.train_hook import PrometheusHook
-
-        with (
-            runtime.private_s3_cache(),
-            runtime.observed("mmt", runtime.metrics_instance(task_name, backbone)) as stage_metrics,
-        ):
-            stage.run(
-                cfg,
-                models,
-                sources,
-                target,
-                uri,
-                runtime.run_context(run_id, task_name),
-                hooks=(PrometheusHook(stage_metrics),),
+    run_id = runtime.current_run_id(model)
+    with sandbox.pod(model):
+        params = runtime.load_params_text(params_yaml, [*overrides, f"mmt.name={backbone}-mmt"])
+        cfg = section(params, "mmt", stage.MMTStageConfig, source=runtime.PARAMS_SOURCE)
+        sources, target = runtime.training_inputs(runtime.read_manifest(shards))
+        if target is None:
+            raise ConfigError(
+                "datasets: mmt needs a dataset with role 'target' (the unlabelled set to adapt to)"
             )
-    digest = runtime.publish(model, uri, backbone=backbone)
+        models = [runtime.input_uri(model1), runtime.input_uri(model2)]
+        uri = runtime.output_uri(model, artifact_root, run_id, task_name, item=backbone)
+        ctx = runtime.run_context(run_id, task_name)
+        inputs = [("model", m) for m in models] + [("source", s) for s in sources] + [("target", target)]
+        digest = training.train_and_publish(
+            stage="mmt",
+            cfg=cfg,
+            params=params,
+            output=uri,
+            artifact=model,
+            run_id=run_id,
+            task_name=task_name,
+            train=lambda hooks, resume: stage.run(
+                cfg, models, sources, target, uri, ctx, resume=resume, hooks=hooks
+            ),
+            gpus=gpus,
+            cli_inputs=inputs,
+            item=backbone,
+            extra={"backbone": backbone},
+        )
     return namedtuple("MmtOutputs", ["digest"])(digest)
 
 

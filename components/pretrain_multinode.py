@@ -1,4 +1,5 @@
-"""KFP component launching multi-node pretraining as a PyTorchJob (see :mod:`components.pytorchjob`)."""
+"""KFP component launching multi-node pretraining as a PyTorchJob or a Trainer v2 TrainJob
+(see :mod:`components.pytorchjob`)."""
 
 from typing import NamedTuple
 
@@ -15,46 +16,54 @@ def pretrain_multinode(
     shards: Input[Dataset],
     artifact_root: str,
     image: str,
-    params_digest: str,
+    cluster: str,
     shards_digest: str,
     model: Output[Model],
-    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+    task_name: str,
 ) -> NamedTuple("PretrainOutputs", [("digest", str)]):
-    """Pretrain ``backbone`` as a PyTorchJob over ``kfp.distributed.nodes`` pods; outputs go to S3."""
+    """Pretrain ``backbone`` as a job over ``kfp.distributed.nodes`` pods; outputs go to S3.
+
+    ``params_yaml`` holds the ``pretrain`` section; ``cluster`` the ``kfp`` section (JSON) that shapes
+    the job (nodes, GPUs, backend, namespace, placement, secret). ``shards_digest`` keys the cache.
+    """
+    import os
     from collections import namedtuple
 
     import yaml
 
     from components import pytorchjob, runtime
-    from components.settings import kfp_config
+    from components.settings import KfpConfig
     from reidflow.errors import ConfigError
 
+    run_id = runtime.current_run_id(model)
     if not artifact_root.startswith("s3://"):
         raise ConfigError(
             "kfp.artifact_root: multi-node training needs s3://bucket/prefix "
-            "(the PyTorchJob pods cannot see this task's local artifact directory)"
+            "(the job's pods cannot see this task's local artifact directory)"
         )
     params = runtime.load_params_text(params_yaml, [*overrides, f"pretrain.model.backbone={backbone}"])
-    cfg = kfp_config(params, source=runtime.PARAMS_SOURCE)
+    cfg = KfpConfig.model_validate(runtime.load_params_text(cluster))
     sources, target = runtime.training_inputs(runtime.read_manifest(shards))
     uri = runtime.output_uri(model, artifact_root, run_id, task_name, item=backbone)
     inputs = [("source", s) for s in sources] + ([("target", target)] if target else [])
     cli_args = runtime.stage_cli_args("pretrain", pytorchjob.PARAMS_PATH, inputs, uri, task_name)
     env = {"REIDFLOW_RUN_ID": run_id, "REIDFLOW_ORCHESTRATOR": "kfp"}
-    if runtime.run_context(run_id, task_name).image:
-        env["REIDFLOW_IMAGE_DIGEST"] = str(runtime.run_context(run_id, task_name).image)
-    if cfg.pushgateway_url:
-        env["REIDFLOW_PUSHGATEWAY_URL"] = cfg.pushgateway_url
-    manifest = pytorchjob.pytorchjob_manifest(
-        name=pytorchjob.job_name("reidflow", run_id[:12], backbone),
-        namespace=cfg.distributed.namespace,
+    for name in ("REIDFLOW_IMAGE_DIGEST", "REIDFLOW_PUSHGATEWAY_URL", "REIDFLOW_PUSH_INTERVAL_S"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    own_namespace = pytorchjob.pod_namespace()
+    namespace = cfg.distributed.namespace or own_namespace or "kubeflow"
+    manifest = pytorchjob.job_manifest(
+        cfg.distributed.backend,
+        name=pytorchjob.job_name("reidflow", run_id[:8], task_name, backbone),
+        namespace=namespace,
         image=image,
         cli_args=cli_args,
         params_yaml=yaml.safe_dump(params, sort_keys=False),
         nodes=cfg.distributed.nodes,
         cfg=cfg,
         env=env,
+        owner=pytorchjob.owner_reference() if namespace == own_namespace else None,
     )
     pytorchjob.apply_and_wait(manifest, cfg.distributed.timeout_seconds)
     digest = runtime.publish(model, uri, backbone=backbone)

@@ -45,6 +45,30 @@ def load_params_text(params_yaml: str, overrides: list[str] | None = None) -> di
     return params
 
 
+RUN_ID_ENV = "REIDFLOW_RUN_ID"
+RUN_ID_LABEL = "pipeline/runid"
+"""The pod label holding the KFP run UUID (set by the KFP API server on every pod of a run); the
+pipeline maps it to REIDFLOW_RUN_ID with the downward API (components.resources)."""
+
+
+def current_run_id(artifact: KfpArtifact | None = None) -> str:
+    """The id of the pipeline run this task belongs to: ``REIDFLOW_RUN_ID`` (from the pod's
+    ``pipeline/runid`` label on a cluster; set by ``run_local`` locally).
+
+    The run id is deliberately not a task input: KFP's cache key covers every input parameter, so a
+    per-run value there would make every task of every run a cache miss. Without the variable, an id
+    derived from the artifact's per-execution URI stands in (unique per execution, the same for the
+    retries of one).
+    """
+    import hashlib
+
+    run_id = os.environ.get(RUN_ID_ENV, "").strip()
+    if run_id:
+        return run_id
+    uri = getattr(artifact, "uri", "") if artifact is not None else ""
+    return "exec-" + hashlib.sha256(uri.encode()).hexdigest()[:16] if uri else ""
+
+
 def run_context(run_id: str, task_name: str) -> RunContext:
     """Lineage's runtime block for a KFP task: orchestrator kfp, the run id, the task name, the image.
 
@@ -61,8 +85,18 @@ def run_context(run_id: str, task_name: str) -> RunContext:
 def output_uri(artifact: KfpArtifact, artifact_root: str, run_id: str, task_name: str, item: str = "") -> str:
     """Where a stage writes: the KFP artifact path, or ``<artifact_root>/<run>/<task>[/<item>]`` on S3.
 
-    ``item`` separates the iterations of a ParallelFor, which share one task name.
+    ``run_id`` is :func:`current_run_id`; ``task_name`` the backend's placeholder passed as a task
+    argument (a component default stays literal on a cluster: refused here); ``item`` separates the
+    iterations of a ParallelFor, which share one task name. The S3 location is stable across retries
+    of a task in a run, which is what lets a retried pod find its checkpoints.
     """
+    for value, what in ((run_id, "run_id"), (task_name, "task_name")):
+        if "{{$" in value:
+            raise ConfigError(
+                f"{what} {value!r}: a KFP placeholder reached the component unresolved; pass it from "
+                "the pipeline body as a task argument (dsl.PIPELINE_JOB_ID_PLACEHOLDER / "
+                "dsl.PIPELINE_TASK_NAME_PLACEHOLDER), never as a component default"
+            )
     if not artifact_root:
         return artifact.path
     if not artifact_root.startswith("s3://"):
@@ -84,10 +118,33 @@ def _segment(value: str, what: str) -> str:
     return cleaned
 
 
+def store_uri(artifact: KfpArtifact) -> str:
+    """The object-store URI of an artifact: where the stage wrote it on S3 (``metadata.uri``, set by
+    :func:`publish`), else the KFP artifact's own ``uri`` (under the pipeline root, uploaded there by
+    the launcher). Never ``artifact.path``: that is a path inside one pod."""
+    uri = (artifact.metadata or {}).get("uri") or getattr(artifact, "uri", "") or ""
+    if not uri:
+        raise ArtifactError(f"{artifact.path}: the KFP artifact names no URI (was it produced upstream?)")
+    return str(uri)
+
+
+def readable_uri(uri: str) -> str:
+    """``uri`` as reidflow reads it: ``s3://`` as is; KFP's ``minio://bucket/key`` as ``s3://bucket/key``
+    (endpoint and credentials from the AWS_* variables, i.e. the S3 secret); a local path as is (the
+    pipeline root of a local run). Other stores (``gs://`` ...) are refused with the fix."""
+    if uri.startswith("minio://"):
+        return "s3://" + uri[len("minio://") :]
+    if uri.startswith("s3://") or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
+        return uri
+    raise ConfigError(
+        f"{uri}: reidflow reads artifacts from s3:// (or KFP's minio://) stores only; with another "
+        "pipeline root set kfp.artifact_root: s3://bucket/prefix so the stages write to S3 themselves"
+    )
+
+
 def input_uri(artifact: KfpArtifact) -> str:
-    """The URI a downstream stage reads: the S3 URI recorded upstream, else the local artifact path."""
-    uri = (artifact.metadata or {}).get("uri")
-    return str(uri) if uri else artifact.path
+    """The URI a downstream stage reads a declared input artifact from (its object-store URI)."""
+    return readable_uri(store_uri(artifact))
 
 
 def read_record(uri: str) -> dict[str, Any]:
@@ -109,14 +166,17 @@ def read_record(uri: str) -> dict[str, Any]:
 def publish(artifact: KfpArtifact, uri: str, **extra: Any) -> str:
     """Describe the written stage artifact on the KFP artifact; returns its content digest.
 
-    Metadata carries the URI (downstream reads it), digest, kind and params digest. When the stage
-    wrote to S3, the KFP artifact directory holds only a pointer file naming that URI.
+    Metadata carries the object-store URI downstream tasks read (``uri``: the S3 location the stage
+    wrote, or the KFP artifact's own URI when it wrote into the KFP artifact), digest, kind and params
+    digest; never a pod-local path. When the stage wrote to S3, the KFP artifact directory holds only a
+    pointer file naming that URI.
     """
     record = read_record(uri)
     digest = record["artifact"]["digest"]
+    into_kfp = uri == artifact.path
     artifact.metadata.update(
         {
-            "uri": uri,
+            "uri": (getattr(artifact, "uri", "") or uri) if into_kfp else uri,
             "digest": digest,
             "kind": record["artifact"].get("kind"),
             "stage": record.get("stage"),
@@ -124,7 +184,7 @@ def publish(artifact: KfpArtifact, uri: str, **extra: Any) -> str:
             **extra,
         }
     )
-    if uri != artifact.path:
+    if not into_kfp:
         pointer = Path(artifact.path)
         pointer.mkdir(parents=True, exist_ok=True)
         (pointer / POINTER_FILE).write_text(json.dumps({"uri": uri, "digest": digest}, indent=2) + "\n")
@@ -181,13 +241,25 @@ def write_manifest(directory: str, entries: list[dict[str, Any]]) -> None:
 
 
 def read_manifest(artifact: KfpArtifact) -> list[dict[str, Any]]:
+    """The entries of a declared manifest input (downloaded into this pod by the launcher); their
+    ``uri`` is an object-store URI, returned in the form reidflow reads (:func:`readable_uri`)."""
     path = Path(artifact.path) / MANIFEST_FILE
     try:
-        return list(json.loads(path.read_text())["shards"])
+        entries = list(json.loads(path.read_text())["shards"])
     except FileNotFoundError:
         raise ArtifactError(f"{path}: shard manifest missing (was the collect task skipped?)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{path}: not a shard manifest ({exc})") from None
+    return [{**e, "uri": readable_uri(str(e["uri"]))} for e in entries]
+
+
+def manifest_digest(entries: list[dict[str, Any]]) -> str:
+    """One digest over the manifest's (dataset, role, content digest) triples: the cache key of the
+    tasks that read it changes when a shard's content or a dataset's role does."""
+    import hashlib
+
+    lines = sorted(f"{e.get('dataset')}\t{e.get('role')}\t{e.get('digest')}" for e in entries)
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def uris_by_role(entries: list[dict[str, Any]], roles: set[str]) -> list[str]:
@@ -319,6 +391,7 @@ def run_torchrun(
     run_id: str,
     task_name: str,
     mode: str = "",
+    resume: bool = False,
 ) -> None:
     """Run a stage under torchrun in this pod with the resolved params (overrides already applied)."""
     import subprocess
@@ -329,9 +402,8 @@ def run_torchrun(
     with tempfile.TemporaryDirectory(prefix="reidflow-params-") as tmp:
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        argv = torchrun_argv(
-            nproc_per_node, stage_cli_args(stage, str(params_file), inputs, output, task_name, mode)
-        )
+        cli_args = stage_cli_args(stage, str(params_file), inputs, output, task_name, mode)
+        argv = torchrun_argv(nproc_per_node, [*cli_args, *(["--resume"] if resume else [])])
         env = {**os.environ, "REIDFLOW_RUN_ID": run_id, "REIDFLOW_ORCHESTRATOR": "kfp"}
         result = subprocess.run(argv, env=env, check=False)
         if result.returncode != 0:
@@ -342,21 +414,5 @@ def run_torchrun(
 
 
 def metrics_instance(task_name: str, item: str = "") -> str:
-    """Pushgateway grouping instance of a task: stable across runs, so each group shows the latest run."""
+    """Pushgateway grouping instance of a task (the run id is a label of its own: see reidflow.obs.live)."""
     return "kfp-" + _segment("-".join(p for p in (task_name or "task", item) if p), "instance")
-
-
-class observed:
-    """Prometheus metrics of one stage run, pushed to REIDFLOW_PUSHGATEWAY_URL when it is set
-    (success or failure), like the CLI does."""
-
-    def __init__(self, stage: str, instance: str) -> None:
-        from reidflow.obs.metrics import StageMetrics
-
-        self.metrics = StageMetrics(stage=stage, instance=instance)
-
-    def __enter__(self) -> Any:
-        return self.metrics
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.metrics.finish(success=exc_type is None)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from reidflow.config import StrictModel, section
 from reidflow.errors import ConfigError
 
 SECTION = "kfp"
+
+MIN_BACKEND_VERSION = (2, 14, 0)
+"""The oldest Kubeflow Pipelines *backend* this pipeline runs on: its fan-ins use ``dsl.Collected``,
+which older backends reject (Kubeflow 1.9 ships KFP 2.2, 1.10 ships 2.4). ``pipeline submit`` checks
+it when the API server reports its version."""
 
 
 class Resources(StrictModel):
@@ -43,7 +48,11 @@ class RetryPolicy(StrictModel):
 
 
 class S3Secret(StrictModel):
-    """A Kubernetes secret holding the S3 credentials; its keys are mapped to the AWS_* variables."""
+    """A Kubernetes secret holding the S3 credentials; its keys are mapped to the AWS_* variables.
+
+    Keys in ``optional`` may be absent from the secret (AWS users set no endpoint): a required key
+    that is missing fails the pod before it starts (CreateContainerConfigError).
+    """
 
     name: str = "reidflow-s3"
     keys: dict[str, str] = Field(
@@ -51,8 +60,13 @@ class S3Secret(StrictModel):
             "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
             "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+            "AWS_REGION": "AWS_REGION",
         },
         description="secret key -> environment variable",
+    )
+    optional: list[str] = Field(
+        default_factory=lambda: ["AWS_ENDPOINT_URL", "AWS_REGION"],
+        description="secret keys that may be missing from the secret",
     )
 
     @field_validator("keys")
@@ -63,13 +77,62 @@ class S3Secret(StrictModel):
             raise ValueError(f"must map secret keys onto {sorted(missing)}")
         return keys
 
+    @model_validator(mode="after")
+    def _optional_keys_are_mapped(self) -> S3Secret:
+        unknown = sorted(set(self.optional) - set(self.keys))
+        if unknown:
+            raise ValueError(f"optional names {unknown}, which are not under keys: {sorted(self.keys)}")
+        return self
+
+    def split(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(required key -> variable, optional key -> variable)."""
+        required = {k: v for k, v in self.keys.items() if k not in self.optional}
+        optional = {k: v for k, v in self.keys.items() if k in self.optional}
+        return required, optional
+
+
+class Timeouts(StrictModel):
+    """activeDeadlineSeconds of the task pods (0: none); a hung task fails instead of holding its node."""
+
+    default_seconds: int = Field(6 * 3600, ge=0, description="every task that does not train")
+    training_seconds: int = Field(3 * 24 * 3600, ge=0, description="training tasks (GPUs)")
+
+
+class Checkpoints(StrictModel):
+    """Training checkpoints kept in the artifact store, so a retried pod resumes where it stopped.
+
+    The store is ``<output>.ckpt`` beside the task's output on S3 (stable across retries of a task in
+    a run); a task whose output is pod-local keeps them only in the pod. Checkpoints are written every
+    ``<section>.engine.checkpoint_every`` iterations (set it: the default writes only the last one).
+    """
+
+    enabled: bool = True
+    sync_interval_seconds: float = Field(30.0, gt=0, description="how often new checkpoints are uploaded")
+
+
+class Metrics(StrictModel):
+    """Prometheus metrics of the task pods (see docs/kubernetes.md, "Where to look")."""
+
+    pushgateway_url: str | None = Field(None, description="Pushgateway the stages push to")
+    push_interval_seconds: float = Field(
+        30.0, ge=0, description="push during a run every N seconds (0: only when the stage ends)"
+    )
+    port: int | None = Field(None, ge=1, le=65535, description="serve /metrics in the pod on this port")
+    address: str = Field("0.0.0.0", description="address /metrics binds to (0.0.0.0: scrapeable in a pod)")
+
 
 class Distributed(StrictModel):
-    """Multi-node training through a Kubeflow PyTorchJob (nodes > 1); one pod with torchrun otherwise."""
+    """Multi-node training (nodes > 1) as a Kubeflow Training Operator PyTorchJob (kubeflow.org/v1) or a
+    Kubeflow Trainer v2 TrainJob; one pod with torchrun otherwise."""
 
     nodes: int = Field(1, ge=1)
-    namespace: str = "kubeflow"
+    backend: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    namespace: str | None = Field(
+        None, description="default: the namespace of the pipeline's pods (the profile namespace)"
+    )
     timeout_seconds: int = Field(7 * 24 * 3600, ge=60)
+    ttl_seconds_after_finished: int = Field(24 * 3600, ge=0, description="job kept this long after it ends")
+    runtime: str = Field("torch-distributed", description="TrainJob: the ClusterTrainingRuntime to use")
 
 
 class KfpConfig(StrictModel):
@@ -99,8 +162,15 @@ class KfpConfig(StrictModel):
     s3_secret: S3Secret | None = Field(default_factory=S3Secret)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     caching: bool = True
-    pushgateway_url: str | None = Field(None, description="Prometheus Pushgateway the stages push to")
+    pushgateway_url: str | None = Field(None, description="shortcut for metrics.pushgateway_url")
+    metrics: Metrics = Field(default_factory=Metrics)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
     distributed: Distributed = Field(default_factory=Distributed)
+
+    @property
+    def pushgateway(self) -> str | None:
+        return self.metrics.pushgateway_url or self.pushgateway_url
 
     @field_validator("artifact_root")
     @classmethod

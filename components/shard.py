@@ -15,30 +15,33 @@ def shard(
     raw: Input[Dataset],
     artifact_root: str,
     synth_root: str,
-    params_digest: str,
     raw_digest: str,
     shards: Output[Dataset],
-    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    task_name: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+    task_name: str,
 ) -> NamedTuple("ShardOutputs", [("digest", str)]):
     """Shard ``dataset``; its raw folder is inside the synth artifact when its root is under ``synth_root``.
 
-    ``params_digest`` and ``raw_digest`` (the synth artifact's content digest) only key the cache.
+    ``params_yaml`` holds the ``shard`` and ``datasets`` sections; ``raw_digest`` (the synth artifact's
+    content digest) only keys the cache.
     """
     from collections import namedtuple
 
-    from components import runtime
+    from components import runtime, sandbox
     from reidflow.config import section
+    from reidflow.obs import live as observe
     from reidflow.stages import shard
 
-    params = runtime.load_params_text(params_yaml, overrides)
-    cfg = section(params, "shard", shard.ShardConfig, source=runtime.PARAMS_SOURCE)
-    src = shard.dataset_source(params, dataset, source=runtime.PARAMS_SOURCE)
-    raw_uri = runtime.shard_raw_uri(params, dataset, runtime.input_uri(raw), synth_root)
-    uri = runtime.output_uri(shards, artifact_root, run_id, task_name, item=dataset)
-    with runtime.observed("shard", runtime.metrics_instance(task_name, dataset)):
-        shard.run(cfg, dataset, src, uri, raw_uri=raw_uri, ctx=runtime.run_context(run_id, task_name))
-    digest = runtime.publish(shards, uri, dataset=dataset, role=src.role)
+    run_id = runtime.current_run_id(shards)
+    with sandbox.pod(shards):
+        params = runtime.load_params_text(params_yaml, overrides)
+        cfg = section(params, "shard", shard.ShardConfig, source=runtime.PARAMS_SOURCE)
+        src = shard.dataset_source(params, dataset, source=runtime.PARAMS_SOURCE)
+        raw_uri = runtime.shard_raw_uri(params, dataset, runtime.input_uri(raw), synth_root)
+        uri = runtime.output_uri(shards, artifact_root, run_id, task_name, item=dataset)
+        with observe.observed("shard", runtime.metrics_instance(task_name, dataset), run_id):
+            ctx = runtime.run_context(run_id, task_name)
+            shard.run(cfg, dataset, src, uri, raw_uri=raw_uri, ctx=ctx)
+        digest = runtime.publish(shards, uri, dataset=dataset, role=src.role)
     return namedtuple("ShardOutputs", ["digest"])(digest)
 
 

@@ -40,6 +40,13 @@ def run_cmd(
     until: Annotated[
         str, typer.Option("--until", help="last stage to run: synth | shard | pretrain | evaluate")
     ] = "evaluate",
+    isolated: Annotated[
+        bool,
+        typer.Option(
+            "--isolated",
+            help="run every task as if in its own pod (fresh working dir, pod-local outputs that vanish)",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline locally (CPU, subprocess runner); prints the report and metrics paths."""
     from pipelines.reid_pipeline import ALL_STAGES
@@ -52,7 +59,8 @@ def run_cmd(
         )
     if until not in ALL_STAGES:
         raise ConfigError(f"--until {until!r}: expected one of {list(ALL_STAGES)}")
-    result = run_local(params, pipeline_root, set_ or [], stages=ALL_STAGES[: ALL_STAGES.index(until) + 1])
+    stages = ALL_STAGES[: ALL_STAGES.index(until) + 1]
+    result = run_local(params, pipeline_root, set_ or [], stages=stages, isolated=isolated)
     for stage, paths in result.artifacts.items():
         for path in paths:
             typer.echo(f"{stage}\t{path}")
@@ -73,12 +81,55 @@ def submit_cmd(
         list[str] | None, typer.Option("--arg", help="pipeline argument NAME=VALUE (YAML value)")
     ] = None,
     run_name: Annotated[str | None, typer.Option("--run-name")] = None,
+    token_env: Annotated[
+        str | None,
+        typer.Option(
+            "--token-env", help="name of an env variable holding a bearer token (kubectl create token)"
+        ),
+    ] = None,
+    cookies_env: Annotated[
+        str | None,
+        typer.Option(
+            "--cookies-env", help="name of an env variable holding session cookies (authservice_session=...)"
+        ),
+    ] = None,
+    sa_token_path: Annotated[
+        Path | None,
+        typer.Option("--sa-token-path", help="projected service-account token file (inside a cluster)"),
+    ] = None,
+    ssl_ca_cert: Annotated[
+        Path | None, typer.Option("--ssl-ca-cert", help="CA bundle of the API server")
+    ] = None,
+    skip_version_check: Annotated[
+        bool, typer.Option("--skip-version-check", help="submit even to a backend older than the minimum")
+    ] = False,
 ) -> None:
-    """Submit a compiled package to a Kubeflow Pipelines server; prints the run id."""
+    """Submit a compiled package to a Kubeflow Pipelines server; prints the run id.
+
+    Credentials are never passed on the command line (shell history, process list): name the
+    environment variable that holds them.
+    """
+    import os
+
     import yaml
 
-    from pipelines.runner import submit
+    from pipelines.runner import Auth, submit
     from reidflow.errors import ConfigError
+
+    def from_env(name: str | None, option: str) -> str | None:
+        if name is None:
+            return None
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise ConfigError(f"{option} {name}: that environment variable is empty or unset")
+        return value
+
+    auth = Auth(
+        token=from_env(token_env, "--token-env"),
+        cookies=from_env(cookies_env, "--cookies-env"),
+        sa_token_path=str(sa_token_path) if sa_token_path else None,
+        ssl_ca_cert=str(ssl_ca_cert) if ssl_ca_cert else None,
+    )
 
     arguments = {}
     for pair in arg or []:
@@ -86,4 +137,33 @@ def submit_cmd(
             raise ConfigError(f"--arg {pair!r}: expected NAME=VALUE")
         name, value = pair.split("=", 1)
         arguments[name.strip()] = yaml.safe_load(value) if value.strip() else ""
-    typer.echo(submit(package, host, experiment, namespace, arguments, run_name))
+    run_id = submit(
+        package,
+        host,
+        experiment,
+        namespace,
+        arguments,
+        run_name,
+        auth=auth,
+        check_version=not skip_version_check,
+        log=lambda line: typer.echo(line, err=True),
+    )
+    typer.echo(run_id)
+
+
+@pipeline_app.command("prune-metrics")
+def prune_metrics_cmd(
+    pushgateway: Annotated[
+        str, typer.Option("--pushgateway", help="Pushgateway URL, e.g. http://pushgateway:9091")
+    ],
+    older_than_hours: Annotated[
+        float, typer.Option("--older-than-hours", help="delete groups last pushed before this many hours")
+    ] = 24 * 7,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be deleted")] = False,
+) -> None:
+    """Delete stale reidflow groups (one per run, stage and task) from a Pushgateway."""
+    from pipelines.metrics_gc import prune
+
+    for group in prune(pushgateway, older_than_hours * 3600, dry_run=dry_run):
+        shown = ",".join(f"{k}={v}" for k, v in sorted(group.labels.items()))
+        typer.echo(("would delete\t" if dry_run else "deleted\t") + shown)

@@ -109,18 +109,13 @@ MetricsPortOpt = Annotated[
 
 @contextmanager
 def _observed(stage: str, instance: str, port: int | None) -> Iterator[Any]:
-    """Prometheus metrics of one stage run: served on --metrics-port, pushed when configured."""
-    from reidflow.obs.metrics import StageMetrics
+    """Prometheus metrics of one stage run (reidflow.obs.live): served on --metrics-port (or
+    REIDFLOW_METRICS_ADDR), pushed live and at the end when a Pushgateway is configured, grouped by
+    REIDFLOW_RUN_ID when set."""
+    from reidflow.obs.live import observed
 
-    metrics = StageMetrics(stage=stage, instance=instance)
-    if port:
-        metrics.serve(port)
-    try:
+    with observed(stage, instance, port=port) as metrics:
         yield metrics
-    except BaseException:
-        metrics.finish(success=False)
-        raise
-    metrics.finish(success=True)
 
 
 def _instance(output: str) -> str:

@@ -162,6 +162,16 @@ def test_identical_rerun_leaves_downstream_cached(project):
     assert "timing" in json.loads((model / "lineage.json").read_text())["runtime"]
     assert stage_runs(run(DVC, "repro", cwd=root, env=env)) == ["model-digests"]
     reidflow("lineage", "verify", "artifacts/evaluate", cwd=root, env=env)
+    # a model with single-model consumers (mmt, sda-train): only the digests stages after it run
+    assert stage_runs(run(DVC, "repro", "-f", "-s", "pretrain@osnet_x0_25", cwd=root, env=env)) == [
+        "pretrain@osnet_x0_25"
+    ]
+    assert stage_runs(run(DVC, "repro", cwd=root, env=env)) == [
+        "backbone-digests@osnet_x0_25",
+        "model-digests",
+    ]
+    for consumer in ("artifacts/models/osnet_x0_25-mmt", "artifacts/sda/generator"):
+        reidflow("lineage", "verify", consumer, cwd=root, env=env)
 
 
 def test_exp_run_with_a_synth_param_regenerates_the_data(project):

@@ -19,7 +19,7 @@ def small_net() -> nn.Module:
 
 def test_statistics_become_the_exact_average_over_the_batches() -> None:
     net = small_net()
-    batches = [torch.randn(6, 3, 8, 8) + 3.0 for _ in range(3)]
+    batches = [torch.randn(6, 3, 8, 8) + 3.0 for _ in range(3)] + [torch.randn(1, 3, 8, 8)]
     net(batches[0])  # materialize the lazy layer
     net.eval()
     weights = {
@@ -27,9 +27,10 @@ def test_statistics_become_the_exact_average_over_the_batches() -> None:
     }
     seen = recompute_target_bn(net, batches, torch.device("cpu"))
     assert seen == 18 and not net.training
-    conv_out = torch.cat([net[0](b) for b in batches])
+    full = batches[:3]  # the single-image batch is skipped
+    conv_out = torch.cat([net[0](b) for b in full])
     expected_mean = conv_out.mean(dim=(0, 2, 3))
-    per_batch = torch.stack([net[0](b).mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    per_batch = torch.stack([net[0](b).mean(dim=(0, 2, 3)) for b in full]).mean(0)
     assert torch.allclose(net[1].running_mean, per_batch, atol=1e-5)  # equal batches: mean of means
     assert torch.allclose(net[1].running_mean, expected_mean, atol=1e-5)
     assert net[1].momentum == 0.1  # restored

@@ -101,13 +101,15 @@ def test_training_tasks_request_gpus_and_others_do_not(compiled: tuple[dict, dic
 def test_secret_env_retry_and_caching_on_every_task(compiled: tuple[dict, dict]) -> None:
     spec, platform = compiled
     for name in STAGES:
-        [secret] = platform[name]["secretAsEnv"]
-        assert secret["secretName"] == "reidflow-s3"
-        assert {k["envVar"] for k in secret["keyToEnv"]} == {
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_ENDPOINT_URL",
-        }
+        required, optional = platform[name]["secretAsEnv"]
+        assert required["secretName"] == optional["secretName"] == "reidflow-s3"
+        assert {k["envVar"] for k in required["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert required.get("optional", False) is False
+        # AWS users set no endpoint: a missing optional key must not fail the pod
+        assert {k["envVar"] for k in optional["keyToEnv"]} == {"AWS_ENDPOINT_URL", "AWS_REGION"}
+        assert optional["optional"] is True
+        timeout = int(platform[name]["activeDeadlineSeconds"])
+        assert timeout == (3 * 24 * 3600 if name in TRAINING else 6 * 3600), name
     for task_name, task in all_tasks(spec).items():
         if "componentRef" in task and task["componentRef"]["name"].startswith("comp-for-loop"):
             continue
@@ -141,7 +143,11 @@ def test_fan_out_fan_in_and_defaults_from_params(compiled: tuple[dict, dict]) ->
     assert inputs["backbones"]["defaultValue"] == ["osnet_x0_25", "mobilenetv2_x0_5"]
     assert inputs["datasets"]["defaultValue"] == ["mall_warm", "night_station"]
     assert inputs["artifact_root"]["defaultValue"] == ""
-    assert runtime.load_params_text(inputs["params_yaml"]["defaultValue"])["kfp"]["gpus"] == 2
+    assert "params_yaml" not in inputs, "no task receives the whole params"
+    pretrain_params = runtime.load_params_text(inputs["pretrain_params"]["defaultValue"])
+    assert pretrain_params == {"pretrain": {"model": {"backbone": "osnet_x0_25"}}}
+    shard_params = runtime.load_params_text(inputs["shard_params"]["defaultValue"])
+    assert set(shard_params) == {"datasets"}  # + "shard" when params.yaml has one
     evaluate = spec["root"]["dag"]["tasks"]["evaluate"]
     assert evaluate["inputs"]["artifacts"]["models"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
     assert (
@@ -265,6 +271,7 @@ def test_pytorchjob_manifest_for_multinode_pretrain() -> None:
         "s3://b/out/pretrain/osnet",
         "pretrain",
     )
+    owner = {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u-1", "blockOwnerDeletion": False}
     job = pytorchjob_manifest(
         name="reidflow-Run_1-OSNet.x",
         namespace="ml",
@@ -274,21 +281,30 @@ def test_pytorchjob_manifest_for_multinode_pretrain() -> None:
         nodes=3,
         cfg=cfg,
         env={"REIDFLOW_RUN_ID": "run-1"},
+        owner=owner,
     )
     assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
     assert job["metadata"] == {
         "name": "reidflow-run-1-osnet-x",
         "namespace": "ml",
         "labels": {"app.kubernetes.io/part-of": "reidflow"},
+        "ownerReferences": [owner],  # deleted with the KFP task's pod
     }
+    # WORLD_SIZE = pods x processes only when the operator knows the processes per pod
+    assert job["spec"]["nprocPerNode"] == "2"
+    assert job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 24 * 3600
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 2)
+    for replica in replicas.values():
+        assert replica["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     pod = replicas["Worker"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["name"] == "pytorch" and container["image"] == f"r.io/reid@{DIGEST}"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     shell = container["command"][2]
-    assert "torchrun" in shell and "--nproc_per_node=2" in shell and '--nnodes="$WORLD_SIZE"' in shell
+    assert "torchrun" in shell and "--nproc_per_node=2" in shell
+    assert '--nnodes="${PET_NNODES:-$WORLD_SIZE}"' in shell  # never WORLD_SIZE alone: it counts processes
+    assert '--node_rank="${PET_NODE_RANK:-$RANK}"' in shell
     assert "-m reidflow.cli pretrain --params /tmp/reidflow-params.yaml --input source=s3://b/s1" in shell
     assert "--input target=s3://b/t --output s3://b/out/pretrain/osnet --orchestrator kfp" in shell
     env = {e["name"]: e for e in container["env"]}
@@ -297,6 +313,7 @@ def test_pytorchjob_manifest_for_multinode_pretrain() -> None:
         "name": "reidflow-s3",
         "key": "AWS_SECRET_ACCESS_KEY",
     }
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"} in pod["tolerations"]
@@ -339,8 +356,11 @@ def test_job_state_reads_the_final_condition() -> None:
 
 
 class FakeArtifact:
-    def __init__(self, path: Path, metadata: dict | None = None) -> None:
+    """A KFP artifact as a component sees it: ``uri`` in the object store, ``path`` in the pod."""
+
+    def __init__(self, path: Path, metadata: dict | None = None, uri: str | None = None) -> None:
         self.path = str(path)
+        self.uri = uri if uri is not None else str(path)
         self.metadata = dict(metadata or {})
 
 
@@ -353,6 +373,11 @@ def test_output_uri_separates_runs_tasks_and_iterations(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="artifact_root"):
         runtime.output_uri(art, "/local/root", "1", "t")
+    # a placeholder that stayed literal (a component default on a cluster) must not become a key
+    with pytest.raises(ConfigError, match="task argument"):
+        runtime.output_uri(art, "s3://bkt/root", "{{$.pipeline_job_uuid}}", "shard")
+    with pytest.raises(ConfigError, match="task argument"):
+        runtime.output_uri(art, "", "1", "{{$.pipeline_task_name}}")
 
 
 def test_params_text_overrides_and_errors() -> None:

@@ -383,9 +383,27 @@ class _CrossProcessSums(torch.autograd.Function):
         return out
 
 
+_LOCAL_STATISTICS = [False]
+
+
+@contextmanager
+def local_statistics() -> Iterator[None]:
+    """Inside, DSBN computes training-mode statistics from this process's batch only: for passes in
+    which every process forwards the same images (re-estimating BN statistics), where a cross-process
+    reduction would only change the unbiased-variance count."""
+    saved = _LOCAL_STATISTICS[0]
+    _LOCAL_STATISTICS[0] = True
+    try:
+        yield
+    finally:
+        _LOCAL_STATISTICS[0] = saved
+
+
 def _world_size() -> int:
     import torch.distributed as dist
 
+    if _LOCAL_STATISTICS[0]:
+        return 1
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reidflow.models.norms import DomainSpecificBatchNorm, dsbn_route, has_dsbn
+from reidflow.models.norms import DomainSpecificBatchNorm, dsbn_route, has_dsbn, local_statistics
 
 
 def target_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -36,10 +36,11 @@ def recompute_target_bn(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> int:
-    """Reset the running mean/var of :func:`target_batchnorms` and set them to the exact (cumulative)
-    average over ``batches``; parameters and the other layers' buffers are unchanged. Every process
-    must pass the same batches (DSBN reduces its statistics across processes). Returns the number of
-    images seen."""
+    """Reset the running mean/var of :func:`target_batchnorms` and set them to the cumulative average
+    of the batch statistics over ``batches`` (each batch weighs the same; a batch of one image is
+    skipped: training-mode BN has no variance of a single sample); parameters and the other layers'
+    buffers are unchanged. Every process must pass the same batches: the statistics are computed
+    locally, so each process ends with the single-process result. Returns the number of images seen."""
     layers = target_batchnorms(model)
     if not layers:
         return 0
@@ -52,8 +53,10 @@ def recompute_target_bn(
             m.reset_running_stats()
             m.momentum = None  # cumulative average
         model.train()
-        with route:
+        with route, local_statistics():  # every process sees every batch: no reduction needed
             for images in batches:
+                if images.shape[0] < 2:  # train-mode BN has no variance of one sample (a last, odd batch)
+                    continue
                 with autocast() if autocast is not None else contextlib.nullcontext():
                     model(images.to(device))
                 seen += int(images.shape[0])
