@@ -22,50 +22,37 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from reidflow.config import StrictModel, deep_merge, params_digest, validate_as
-from reidflow.data.synth.style_draw import DrawnDomains
-from reidflow.stages.study import mean_std, pm, prepare_domains, reuse_or_run, target_scores
-from reidflow.stages.synth import SynthConfig, with_drawn
+from reidflow.config import deep_merge, params_digest, validate_as
+from reidflow.stages.study import (
+    StudyDomains,
+    bar_plot,
+    mean_std,
+    pm,
+    prepare_domains,
+    reuse_or_run,
+    target_scores,
+)
 from reidflow.store.lineage import RunContext, now_iso
 
 DIRECT = "direct transfer"
 METRICS = ("target_rank-1", "target_mAP")
 
 
-class MMTStudyConfig(StrictModel):
-    synth: SynthConfig
-    sources: list[str] = Field(min_length=1, description="labelled synth domains (pretrain, MMT+ source)")
-    targets: list[str] = Field(default_factory=list, description="hand-written target styles")
-    drawn: DrawnDomains = Field(default_factory=DrawnDomains, description="target styles drawn at random")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+class MMTStudyConfig(StudyDomains):
     pretrain: dict[str, Any] = Field(default_factory=dict, description="`pretrain` recipe of both nets")
     mmt: dict[str, Any] = Field(default_factory=dict, description="`mmt` recipe shared by every variant")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"MMT": {"method": {"mode": "mmt"}}, "MMT+": {"method": {"mode": "mmt+"}}},
         description="table rows after 'direct transfer': name -> overrides of the mmt recipe",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(128, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> MMTStudyConfig:
-        from reidflow.stages.synth import resolve_domains
-
-        names = [spec.name for spec in resolve_domains(self.effective_synth())]
-        for key in ("sources", "targets"):
-            missing = [n for n in getattr(self, key) if n not in names]
-            if missing:
-                raise ValueError(f"{key}: {missing} are not synth domains (synth.domains: {names})")
-        if not self.all_targets:
-            raise ValueError("targets: none given and drawn.count is 0; the study needs a target style")
-        overlap = set(self.sources) & set(self.all_targets)
-        if overlap:
-            raise ValueError(f"sources and targets overlap in {sorted(overlap)}")
         if DIRECT in self.variants:
             raise ValueError(f"variants: {DIRECT!r} is the pretrained nets' row, not an mmt variant")
         if not self.variants:
@@ -74,15 +61,8 @@ class MMTStudyConfig(StrictModel):
         return self
 
     @property
-    def all_targets(self) -> list[str]:
-        return [*self.targets, *self.drawn.names()]
-
-    @property
     def rows(self) -> list[str]:
         return [DIRECT, *self.variants]
-
-    def effective_synth(self) -> SynthConfig:
-        return with_drawn(self.synth, self.drawn)
 
 
 def stage_configs(cfg: MMTStudyConfig, seed: int) -> dict[str, Any]:
@@ -352,37 +332,10 @@ def results_markdown(
 
 
 def _plot(cfg: MMTStudyConfig, table: Mapping[str, Any], out: Path) -> None:
-    import matplotlib
+    def cell(row: str, scope: str) -> Mapping[str, float]:
+        return (table[row]["average"] if scope == "average" else table[row]["targets"][scope])["target_mAP"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scopes = [*cfg.all_targets, "average"]
-    rows = cfg.rows
-    x = np.arange(len(scopes))
-    width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(2 + 1.8 * len(scopes), 3.6), dpi=110)
-    for i, row in enumerate(rows):
-        cells = [
-            (table[row]["average"] if s == "average" else table[row]["targets"][s])["target_mAP"]
-            for s in scopes
-        ]
-        offset = (i - (len(rows) - 1) / 2) * width
-        ax.bar(
-            x + offset,
-            [c["mean"] for c in cells],
-            width,
-            yerr=[c["std"] for c in cells],
-            capsize=3,
-            label=row,
-        )
-    ax.set_xticks(x, scopes, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("target mAP % (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    bar_plot(cfg.rows, [*cfg.all_targets, "average"], cell, "target mAP % (mean ± std over seeds)", out)
 
 
 def _plot_purity(cfg: MMTStudyConfig, curves: Mapping[str, Any], out: Path) -> None:

@@ -27,15 +27,22 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from reidflow.config import StrictModel, deep_merge, params_digest, validate_as
-from reidflow.data.synth.style_draw import DrawnDomains
-from reidflow.stages.study import dataset_dirs, mean_std, pm, prepare_domains, retrieval, reuse_or_run
-from reidflow.stages.synth import SynthConfig, with_drawn
+from reidflow.stages.study import (
+    StudyDomains,
+    bar_plot,
+    dataset_dirs,
+    mean_std,
+    pm,
+    prepare_domains,
+    retrieval,
+    reuse_or_run,
+)
 from reidflow.store.lineage import RunContext, now_iso
 
 ROWS = ("raw", "CycleGAN", "SDA")
@@ -48,46 +55,19 @@ class DomainClassifierConfig(StrictModel):
     C: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic regression")
 
 
-class SDAStudyConfig(StrictModel):
-    synth: SynthConfig
-    sources: list[str] = Field(min_length=1, description="synth domains translated and trained on")
-    targets: list[str] = Field(default_factory=list, description="hand-written target styles")
-    drawn: DrawnDomains = Field(default_factory=DrawnDomains, description="target styles drawn at random")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+class SDAStudyConfig(StudyDomains):
     pretrain: dict[str, Any] = Field(default_factory=dict, description="`pretrain` recipe of every model")
     sda: dict[str, Any] = Field(
         default_factory=dict, description="`sda` recipe (SDA row; CycleGAN: relation 0)"
     )
     domain_classifier: DomainClassifierConfig = Field(default_factory=DomainClassifierConfig)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(128, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> SDAStudyConfig:
-        from reidflow.stages.synth import resolve_domains
-
-        names = [spec.name for spec in resolve_domains(self.effective_synth())]
-        for key in ("sources", "targets"):
-            missing = [n for n in getattr(self, key) if n not in names]
-            if missing:
-                raise ValueError(f"{key}: {missing} are not synth domains (synth.domains: {names})")
-        if not self.all_targets:
-            raise ValueError("targets: none given and drawn.count is 0; the study needs a target style")
-        overlap = set(self.sources) & set(self.all_targets)
-        if overlap:
-            raise ValueError(f"sources and targets overlap in {sorted(overlap)}")
         configs = stage_configs(self, self.seeds[0])
         if configs["SDA"].loss.relation_weight <= 0:
             raise ValueError("sda.loss.relation_weight: the SDA row needs a relation weight > 0")
         return self
-
-    @property
-    def all_targets(self) -> list[str]:
-        return [*self.targets, *self.drawn.names()]
-
-    def effective_synth(self) -> SynthConfig:
-        """The listed domains plus the drawn target styles."""
-        return with_drawn(self.synth, self.drawn)
 
 
 def stage_configs(cfg: SDAStudyConfig, seed: int) -> dict[str, Any]:
@@ -431,35 +411,10 @@ def results_markdown(
 
 
 def _plot(cfg: SDAStudyConfig, table: Mapping[str, Any], out: Path) -> None:
-    import matplotlib
+    def cell(row: str, scope: str) -> Mapping[str, float]:
+        return (table[row]["average"] if scope == "average" else table[row]["targets"][scope])["target_mAP"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scopes = [*cfg.all_targets, "average"]
-    x = np.arange(len(scopes))
-    width = 0.8 / len(ROWS)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(scopes), 3.6), dpi=110)
-    for i, row in enumerate(ROWS):
-        cells = [
-            (table[row]["average"] if s == "average" else table[row]["targets"][s])["target_mAP"]
-            for s in scopes
-        ]
-        ax.bar(
-            x + (i - 1) * width,
-            [c["mean"] for c in cells],
-            width,
-            yerr=[c["std"] for c in cells],
-            capsize=3,
-            label=row,
-        )
-    ax.set_xticks(x, scopes, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("target mAP % (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    bar_plot(ROWS, [*cfg.all_targets, "average"], cell, "target mAP % (mean ± std over seeds)", out)
 
 
 def _write_report(

@@ -1,10 +1,13 @@
 """What the evidence studies (``dg-benchmark``, ``sda-study``, ``mmt-study``) share.
 
+- :class:`StudyDomains`: the study's own synthetic domains, sources, hand-written and drawn target
+  styles, seeds and device, validated together (the base of the sda and mmt study configs);
 - :func:`prepare_domains`: the study's own synthetic domains, generated and sharded under its workdir;
 - :func:`reuse_or_run`: a step's artifact is kept when it was made from the same params by this code
   from the current upstream artifacts (a killed study resumes where it stopped);
 - :func:`mean_std` / :func:`pm`: the cells of the tables (population std over seeds);
-- :func:`retrieval`: query-vs-gallery mAP and rank-1 of one model on one dataset, no re-ranking.
+- :func:`retrieval`: query-vs-gallery mAP and rank-1 of one model on one dataset, no re-ranking;
+- :func:`bar_plot`: one group of bars (mean ± std) per target and the average, one bar per row.
 """
 
 from __future__ import annotations
@@ -12,15 +15,54 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from reidflow.config import params_digest
+from reidflow.config import StrictModel, params_digest
+from reidflow.data.synth.style_draw import DrawnDomains
+from reidflow.stages.synth import SynthConfig, with_drawn
 from reidflow.store.artifacts import is_current, read_lineage
 from reidflow.store.lineage import RunContext
 
 log = logging.getLogger(__name__)
+
+
+class StudyDomains(StrictModel):
+    """Domains, targets, seeds and device of a study; subclasses add their recipes and rows."""
+
+    synth: SynthConfig
+    sources: list[str] = Field(min_length=1, description="labelled synth domains the models train on")
+    targets: list[str] = Field(default_factory=list, description="hand-written target styles")
+    drawn: DrawnDomains = Field(default_factory=DrawnDomains, description="target styles drawn at random")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> StudyDomains:
+        from reidflow.stages.synth import resolve_domains
+
+        names = [spec.name for spec in resolve_domains(self.effective_synth())]
+        for key in ("sources", "targets"):
+            missing = [n for n in getattr(self, key) if n not in names]
+            if missing:
+                raise ValueError(f"{key}: {missing} are not synth domains (synth.domains: {names})")
+        if not self.all_targets:
+            raise ValueError("targets: none given and drawn.count is 0; the study needs a target style")
+        overlap = set(self.sources) & set(self.all_targets)
+        if overlap:
+            raise ValueError(f"sources and targets overlap in {sorted(overlap)}")
+        return self
+
+    @property
+    def all_targets(self) -> list[str]:
+        return [*self.targets, *self.drawn.names()]
+
+    def effective_synth(self) -> SynthConfig:
+        """The listed domains plus the drawn target styles."""
+        return with_drawn(self.synth, self.drawn)
 
 
 def prepare_domains(
@@ -101,3 +143,39 @@ def target_scores(model_dir: Path, shards: Path, device: str, batch_size: int) -
     model, meta = load_model_artifact(Path(model_dir), device)
     feats = extract_with_meta(model, meta, index, batch_size=batch_size, device=device)
     return retrieval(feats, np.asarray(index.splits))
+
+
+def bar_plot(
+    rows: Sequence[str],
+    scopes: Sequence[str],
+    cell: Callable[[str, str], Mapping[str, float]],
+    ylabel: str,
+    out: Path,
+) -> None:
+    """Grouped bars: one group per scope (targets, then "average"), one bar (mean ± std) per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(scopes))
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(2 + 1.7 * len(scopes), 3.6), dpi=110)
+    for i, row in enumerate(rows):
+        cells = [cell(row, scope) for scope in scopes]
+        offset = (i - (len(rows) - 1) / 2) * width
+        ax.bar(
+            x + offset,
+            [c["mean"] for c in cells],
+            width,
+            yerr=[c["std"] for c in cells],
+            capsize=3,
+            label=row,
+        )
+    ax.set_xticks(x, scopes, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
