@@ -273,20 +273,10 @@ def results_markdown(
     command: str | None,
     images: Mapping[str, str],
 ) -> str:
-    lines = [
-        "# MMT+ evidence study (synthetic sources -> unlabelled synthetic targets)",
-        "",
-        f"Sources (labelled): {', '.join(cfg.sources)}.  ",
-        f"Hand-written target styles: {', '.join(cfg.targets) or 'none'}.  ",
-    ]
-    if cfg.drawn.count:
-        lines.append(
-            f"Drawn target styles: {', '.join(cfg.drawn.names())} (seed {cfg.drawn.seed}, the documented "
-            "style distribution of docs/synth.md; nobody tuned on them).  "
-        )
+    lines = cfg.header_lines(
+        "MMT+ evidence study (synthetic sources -> unlabelled synthetic targets)", "labelled"
+    )
     lines += [
-        f"Seeds: {cfg.seeds}; each cell is the mean ± std over seeds (population std).",
-        "",
         (
             f"`{DIRECT}`: the two pretrained nets (BN adapted to the target's unlabelled train split), the "
             "mean of their scores. Every other row adapts those two nets with `reidflow mmt`: `MMT` is the "

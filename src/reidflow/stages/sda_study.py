@@ -354,20 +354,10 @@ def results_markdown(
     command: str | None,
     images: Mapping[str, str],
 ) -> str:
-    lines = [
-        "# SDA evidence study (synthetic source -> target translation)",
-        "",
-        f"Sources (labelled, translated): {', '.join(cfg.sources)}.  ",
-        f"Hand-written target styles: {', '.join(cfg.targets) or 'none'}.  ",
-    ]
-    if cfg.drawn.count:
-        lines.append(
-            f"Drawn target styles: {', '.join(cfg.drawn.names())} (seed {cfg.drawn.seed}, the documented "
-            "style distribution of docs/synth.md; nobody tuned on them).  "
-        )
+    lines = cfg.header_lines(
+        "SDA evidence study (synthetic source -> target translation)", "labelled, translated"
+    )
     lines += [
-        f"Seeds: {cfg.seeds}; each cell is the mean ± std over seeds (population std).",
-        "",
         (
             "Rows name the images the target model was pretrained on: `raw` sources, their `CycleGAN` "
             "translation (`relation_weight: 0`) or their `SDA` translation (relation consistency on). Every "

@@ -64,6 +64,21 @@ class StudyDomains(StrictModel):
         """The listed domains plus the drawn target styles."""
         return with_drawn(self.synth, self.drawn)
 
+    def header_lines(self, title: str, sources_label: str) -> list[str]:
+        """The head of a results file: title, sources, hand-written and drawn targets, seeds."""
+        lines = [
+            f"# {title}",
+            "",
+            f"Sources ({sources_label}): {', '.join(self.sources)}.  ",
+            f"Hand-written target styles: {', '.join(self.targets) or 'none'}.  ",
+        ]
+        if self.drawn.count:
+            lines.append(
+                f"Drawn target styles: {', '.join(self.drawn.names())} (seed {self.drawn.seed}, the documented "
+                "style distribution of docs/synth.md; nobody tuned on them).  "
+            )
+        return [*lines, f"Seeds: {self.seeds}; each cell is the mean ± std over seeds (population std).", ""]
+
 
 def prepare_domains(
     synth_cfg: Any, names: Sequence[str], work: Path, ctx: RunContext | None
