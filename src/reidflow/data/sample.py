@@ -14,7 +14,9 @@ class Sample:
 
     ``pid`` is the identity id as published by the dataset (unique within ``domain``; distractor
     identities keep the dataset's own convention, e.g. Market-1501's ``0``; junk images are not
-    emitted at all). ``camid`` is 0-based within ``domain``. ``split`` is one of :data:`SPLITS`.
+    emitted at all); ``-1`` marks an image whose identity the dataset does not publish (VisDA-2020's
+    target training split), usable only where identities are ignored (an adaptation target, the
+    camera model). ``camid`` is 0-based within ``domain``. ``split`` is one of :data:`SPLITS`.
     ``extra`` holds layout-specific facts worth keeping (sequence, frame, protocol tags).
     """
 

@@ -212,7 +212,8 @@ def _run(
             f"mmt: the target train split has {len(target_rows)} images, fewer than "
             f"method.cluster.min_samples={mcfg.cluster.min_samples}"
         )
-    true_ids = target_rows.global_pids()[0]  # evaluation of the pseudo labels only
+    # evaluation of the pseudo labels only; none for a target whose identities are unpublished (pid -1)
+    true_ids = None if bool((np.asarray(target_rows.pids) < 0).all()) else target_rows.global_pids()[0]
     target_ds = IndexedImageDataset(
         target_rows, LocalOpener(target_rows.root), tcfg.height, tcfg.width, labels=np.zeros(len(target_rows))
     )

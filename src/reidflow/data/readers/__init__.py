@@ -28,6 +28,7 @@ from reidflow.data.readers import (
     msmt17,
     prid2011,
     viper,
+    visda2020,
 )
 from reidflow.data.readers.base import (
     Option,
@@ -118,6 +119,40 @@ READERS: dict[str, ReaderInfo] = {
         ReaderInfo("grid", "GRID", grid.read_grid, grid.TOP_FOLDERS),
         ReaderInfo("ilids", "QMUL i-LIDS", ilids.read_ilids, ilids.TOP_FOLDERS),
         ReaderInfo("personx", "PersonX", market_style.read_personx, market_style.PERSONX.top_folders),
+        ReaderInfo(
+            "visda2020",
+            "VisDA-2020 re-ID challenge (real target, PersonX source)",
+            visda2020.read_visda2020,
+            visda2020.TOP_FOLDERS,
+            {
+                "part": Option(
+                    "target",
+                    "target: unlabelled target_training (train) + target_validation (query, gallery); "
+                    "source: the PersonX source folder (train)",
+                    ("target", "source"),
+                ),
+                "labels_from": Option(
+                    "lists",
+                    "validation labels from the index lists or from the Market-style image names",
+                    ("lists", "names"),
+                ),
+                "train_list": Option(
+                    visda2020.TRAIN_LIST,
+                    "camera list of target_training/image_train, in target_training/ (or the root) or absolute",
+                ),
+                "query_list": Option(
+                    visda2020.QUERY_LIST,
+                    "query index list, in the root (or target_validation/) or absolute",
+                ),
+                "gallery_list": Option(
+                    visda2020.GALLERY_LIST,
+                    "gallery index list, in the root (or target_validation/) or absolute",
+                ),
+                "source_folder": Option(
+                    visda2020.SOURCE_FOLDER, "the source folder (with image_train/) for part=source"
+                ),
+            },
+        ),
         ReaderInfo(
             "csv",
             "any folder of images with a CSV table",

@@ -90,9 +90,15 @@ def read_split_folders(
     folders = [(split, require_folder(folder_root, name, spec.example)) for split, name in SPLIT_FOLDERS]
     samples: list[Sample] = []
     for split, folder in folders:
-        build = _builder(spec, split, ctx, common_extra)
-        samples.extend(parse_folder(folder, spec.pattern, spec.example, ctx, build))
+        samples.extend(read_folder(folder, spec, split, ctx, **common_extra))
     return samples
+
+
+def read_folder(
+    folder: Path, spec: MarketStyleSpec, split: str, ctx: ReadContext, **common_extra: Any
+) -> list[Sample]:
+    """Read one folder of ``spec``-named images as ``split`` (junk left out, distractors gallery-only)."""
+    return parse_folder(folder, spec.pattern, spec.example, ctx, _builder(spec, split, ctx, common_extra))
 
 
 def _builder(spec: MarketStyleSpec, split: str, ctx: ReadContext, common_extra: dict[str, Any]):
