@@ -145,8 +145,10 @@ def test_soft_triplet_hard_and_soft_forms() -> None:
     x = feats.clone().requires_grad_(True)
     soft_triplet_loss(x, labels, ref).backward()
     assert x.grad.abs().sum() > 0
-    with pytest.raises(ConfigError, match="no negative pair"):
-        soft_triplet_loss(feats, torch.zeros(6, dtype=torch.long))
+    single = feats.clone().requires_grad_(True)  # one label (a one-cluster epoch): no triplet, no error
+    loss = soft_triplet_loss(single, torch.zeros(6, dtype=torch.long), ref)
+    loss.backward()
+    assert float(loss) == 0.0 and float(single.grad.abs().sum()) == 0.0
 
 
 # ------------------------------------------------------------------------------------------------
