@@ -69,7 +69,7 @@ def test_summary_averages_per_seed_then_takes_mean_and_std() -> None:
     noisy = sda_study.claim_check(cfg, sda_study.summarize(cfg, fake_runs(cfg, values)))
     assert noisy[a]["CycleGAN"]["beats"] is False
     markdown = sda_study.results_markdown(
-        cfg, table, claims, "reidflow sda-study", {"plot": "p.png", a: "s.png"}
+        cfg, table, claims, "reidflow sda-study", {"plot": "p.png", f"samples_{a}": "s.png"}
     )
     rows = [line for line in markdown.splitlines() if line.startswith("| SDA |")]
     assert len(rows) == 2 and rows[1].endswith("| 32.0 ± 0.0 |")  # last column: average target mAP

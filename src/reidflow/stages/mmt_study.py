@@ -36,6 +36,7 @@ from reidflow.stages.study import (
     prepare_domains,
     reuse_or_run,
     target_scores,
+    write_study_report,
 )
 from reidflow.store.lineage import RunContext, now_iso
 
@@ -366,9 +367,7 @@ def _write_report(
     command: str | None,
     table_path: str | Path | None,
 ) -> Path:
-    import shutil
-
-    from reidflow.store.artifacts import open_input, write_artifact
+    from reidflow.store.artifacts import open_input
 
     table = summarize(cfg, runs)
     claims = claim_check(cfg, table)
@@ -377,33 +376,20 @@ def _write_report(
         open_input(f"{key}:{part}", path) for key, r in runs.items() for part, path in r["paths"].items()
     ]
     inputs += [open_input(f"shards:{name}", str(path)) for name, path in shards.items()]
-    resolved = cfg.model_dump(mode="json")
-    names = {"plot": "mmt_study.png", "purity": "mmt_study_purity.png"}
-    with write_artifact(
-        output,
-        kind="report",
+    runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
+    return write_study_report(
         stage="mmt_study",
-        params=resolved,
-        params_digest=params_digest(resolved),
-        seed=cfg.seeds[0],
+        cfg=cfg,
+        output=output,
         inputs=inputs,
         ctx=ctx,
         started=started,
-    ) as art:
-        _plot(cfg, table, art.path / names["plot"])
-        _plot_purity(cfg, curves, art.path / names["purity"])
-        runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
-        (art.path / "results.json").write_text(
-            json.dumps({"table": table, "claims": claims, "purity": curves, "runs": runs_json}, indent=1)
-            + "\n"
-        )
-        (art.path / "table.md").write_text(results_markdown(cfg, table, claims, curves, command, names))
-        art.metrics = {"table": table, "claims": claims}
-    if table_path is not None:
-        dest = Path(table_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        renamed = {"plot": f"{dest.stem}.png", "purity": f"{dest.stem}_purity.png"}
-        for key, name in names.items():
-            shutil.copyfile(output / name, dest.parent / renamed[key])
-        dest.write_text(results_markdown(cfg, table, claims, curves, command, renamed))
-    return output
+        images={
+            "plot": ("mmt_study.png", lambda path: _plot(cfg, table, path)),
+            "purity": ("mmt_study_purity.png", lambda path: _plot_purity(cfg, curves, path)),
+        },
+        results={"table": table, "claims": claims, "purity": curves, "runs": runs_json},
+        metrics={"table": table, "claims": claims},
+        markdown=lambda names: results_markdown(cfg, table, claims, curves, command, names),
+        table_path=table_path,
+    )

@@ -42,6 +42,7 @@ from reidflow.stages.study import (
     prepare_domains,
     retrieval,
     reuse_or_run,
+    write_study_report,
 )
 from reidflow.store.lineage import RunContext, now_iso
 
@@ -385,9 +386,10 @@ def results_markdown(
         lines.append(f"- {'average over targets' if scope == 'average' else scope}: " + "; ".join(parts))
     lines += ["", "## Sample translations", ""]
     lines += [
-        f"{target} (source | SDA-translated | nearest-colour target image):\n\n![{target}]({name})\n"
-        for target, name in images.items()
-        if target != "plot"
+        f"{key.removeprefix('samples_')} (source | SDA-translated | nearest-colour target image):\n\n"
+        f"![{key.removeprefix('samples_')}]({name})\n"
+        for key, name in images.items()
+        if key.startswith("samples_")
     ]
     lines += [
         "## Recipes",
@@ -418,7 +420,7 @@ def _write_report(
     table_path: str | Path | None,
 ) -> Path:
     from reidflow.stages.sda import SAMPLES_FILE
-    from reidflow.store.artifacts import open_input, write_artifact
+    from reidflow.store.artifacts import open_input
 
     table = summarize(cfg, runs)
     claims = claim_check(cfg, table)
@@ -431,35 +433,20 @@ def _write_report(
     inputs += [open_input(f"shards:{name}", str(path)) for name, path in shards.items()]
     first = {t: next(r for r in runs.values() if r["target"] == t) for t in cfg.all_targets}
     samples = {t: Path(first[t]["paths"]["SDA_generator"]) / SAMPLES_FILE for t in cfg.all_targets}
-    resolved = cfg.model_dump(mode="json")
-    with write_artifact(
-        output,
-        kind="report",
+    images: dict[str, tuple[str, Any]] = {"plot": ("sda_study.png", lambda path: _plot(cfg, table, path))}
+    for target, src in samples.items():
+        images[f"samples_{target}"] = (f"samples_{target}.png", lambda path, s=src: shutil.copyfile(s, path))
+    runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
+    return write_study_report(
         stage="sda_study",
-        params=resolved,
-        params_digest=params_digest(resolved),
-        seed=cfg.seeds[0],
+        cfg=cfg,
+        output=output,
         inputs=inputs,
         ctx=ctx,
         started=started,
-    ) as art:
-        names = {"plot": "sda_study.png", **{t: f"samples_{t}.png" for t in cfg.all_targets}}
-        _plot(cfg, table, art.path / names["plot"])
-        for target, src in samples.items():
-            shutil.copyfile(src, art.path / names[target])
-        runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
-        (art.path / "results.json").write_text(
-            json.dumps({"table": table, "claims": claims, "runs": runs_json}, indent=1) + "\n"
-        )
-        (art.path / "table.md").write_text(results_markdown(cfg, table, claims, command, names))
-        art.metrics = {"table": table, "claims": claims}
-    if table_path is not None:
-        dest = Path(table_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        renamed = {
-            key: f"{dest.stem}_{name}" if key != "plot" else f"{dest.stem}.png" for key, name in names.items()
-        }
-        for key, name in names.items():
-            shutil.copyfile(output / name, dest.parent / renamed[key])
-        dest.write_text(results_markdown(cfg, table, claims, command, renamed))
-    return output
+        images=images,
+        results={"table": table, "claims": claims, "runs": runs_json},
+        metrics={"table": table, "claims": claims},
+        markdown=lambda names: results_markdown(cfg, table, claims, command, names),
+        table_path=table_path,
+    )

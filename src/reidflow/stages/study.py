@@ -194,3 +194,57 @@ def bar_plot(
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def write_study_report(
+    *,
+    stage: str,
+    cfg: StudyDomains,
+    output: Path,
+    inputs: Sequence[Any],
+    ctx: RunContext | None,
+    started: str,
+    images: Mapping[str, tuple[str, Callable[[Path], Any]]],
+    results: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    markdown: Callable[[Mapping[str, str]], str],
+    table_path: str | Path | None,
+) -> Path:
+    """Write a study's report artifact and, when ``table_path`` is given, its Markdown beside copies
+    of its images.
+
+    ``images``: key -> (file name in the artifact, a function drawing it there). ``markdown`` renders
+    the results file from the image names it should link (key -> name). Beside ``table_path`` the
+    images are renamed after its stem: ``plot`` -> ``<stem>.png``, any other key -> ``<stem>_<key>.png``.
+    """
+    import json
+    import shutil
+
+    from reidflow.store.artifacts import write_artifact
+
+    resolved = cfg.model_dump(mode="json")
+    names = {key: name for key, (name, _) in images.items()}
+    with write_artifact(
+        output,
+        kind="report",
+        stage=stage,
+        params=resolved,
+        params_digest=params_digest(resolved),
+        seed=cfg.seeds[0],
+        inputs=list(inputs),
+        ctx=ctx,
+        started=started,
+    ) as art:
+        for name, draw in images.values():
+            draw(art.path / name)
+        (art.path / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (art.path / "table.md").write_text(markdown(names))
+        art.metrics = dict(metrics)
+    if table_path is not None:
+        dest = Path(table_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        renamed = {key: f"{dest.stem}.png" if key == "plot" else f"{dest.stem}_{key}.png" for key in names}
+        for key, name in names.items():
+            shutil.copyfile(output / name, dest.parent / renamed[key])
+        dest.write_text(markdown(renamed))
+    return output
