@@ -357,3 +357,15 @@ def test_custom_mapping_and_redaction(tmp_path):
     with pytest.raises(ConfigError, match="mapping must be"):
         load_pretrained(fresh, path, mapping="guess")
     assert redact_url("https://user:pw@host:8443/w.pth?X-Amz-Signature=abc#f") == "https://host:8443/w.pth"
+
+
+def test_backbone_placeholder_in_the_pretrained_path(tmp_path):
+    """One `model.pretrained` setting serves a chain over several backbones: `{backbone}` is filled in."""
+    from reidflow.models.reid_model import build_reid_model
+
+    for name in ("osnet_x0_25", "resnest26_x0_25"):
+        save_file(_randomized_state(build_backbone(name), seed=3), str(tmp_path / f"{name}.safetensors"))
+        model = build_reid_model(
+            {"backbone": name, "num_classes": 4, "pretrained": str(tmp_path / "{backbone}.safetensors")}
+        )
+        _assert_loaded(model.backbone, read_state_dict(tmp_path / f"{name}.safetensors"))

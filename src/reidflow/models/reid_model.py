@@ -171,14 +171,17 @@ class ModelConfig(BaseModel):
 
 
 def build_reid_model(cfg: ModelConfig | Mapping[str, Any]) -> ReIDModel:
-    """Build the backbone (loading ``cfg.pretrained`` into it if set) and the head."""
+    """Build the backbone (loading ``cfg.pretrained`` into it if set) and the head.
+
+    ``{backbone}`` in ``cfg.pretrained`` becomes the backbone's name, so one setting serves a chain
+    over several backbones (``weights/{backbone}.safetensors``).
+    """
     from reidflow.models.registry import build_backbone
 
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.from_mapping(cfg)
-    backbone = build_backbone(
-        cfg.backbone, norm=cfg.norm, last_stride=cfg.last_stride, pretrained=cfg.pretrained
-    )
+    pretrained = cfg.pretrained.replace("{backbone}", cfg.backbone) if cfg.pretrained else None
+    backbone = build_backbone(cfg.backbone, norm=cfg.norm, last_stride=cfg.last_stride, pretrained=pretrained)
     return ReIDModel(
         backbone,
         pool=cfg.pool,
