@@ -406,6 +406,53 @@ def mmt_study(
     )  # fmt: skip
 
 
+@app.command("visda-study")
+def visda_study(
+    workdir: StudyWorkdirOpt = Path("artifacts/visda_study"),
+    output: StudyOutputOpt = None,
+    table: StudyTableOpt = None,
+    target: StudyTargetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """The VisDA chain per target style x seed; tabulate raw vs SDA, MMT vs MMT+, singles vs ensemble."""
+    _run_study(
+        "visda-study", "visda_study", "VisdaStudyConfig", workdir, output, table, target, params, set_,
+        orchestrator, stage_name,
+    )  # fmt: skip
+
+
+@app.command("visda-report")
+def visda_report(
+    output: OutputOpt,
+    input_: InputOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    orchestrator: OrchOpt = None,
+    stage_name: StageNameOpt = None,
+) -> None:
+    """The VisDA chain's ablations: --input raw|sda|mmt|mmt_plus=URI (models, repeatable),
+    --input target=URI (query/gallery shards), [--input camera=URI]."""
+    from reidflow.config import section
+    from reidflow.errors import ConfigError
+    from reidflow.stages import visda as stage
+
+    _check_output(output)
+    cfg = section(_load(params, set_), "visda", stage.VisdaConfig, source=str(params))
+    inputs = _inputs(input_)
+    _reject_unknown_inputs(inputs, {*stage.ROLES, "target", "camera"})
+    if len(inputs.get("target", [])) != 1:
+        raise ConfigError("visda-report: expected exactly one --input target=URI (the target's shards)")
+    roles = {role: inputs[role] for role in stage.ROLES if role in inputs}
+    out = stage.run(
+        cfg, roles, inputs["target"][0], output, (inputs.get("camera") or [None])[0],
+        _ctx(orchestrator, stage_name),
+    )  # fmt: skip
+    err_console.print(f"[green]visda-report[/green]: wrote {_shown(out)} (report: {_shown(out)}/report.html)")
+
+
 @app.command()
 def evaluate(
     output: OutputOpt,
