@@ -34,7 +34,7 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
-LINT_PATHS := src tests bench components pipelines
+LINT_PATHS := src tests bench components pipelines scripts/image-inputs-digest
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -61,5 +61,8 @@ image:
 		--build-arg BASE_IMAGE=$(IMAGE_BASE) --build-arg GIT_COMMIT=$$(git rev-parse HEAD) \
 		--build-arg BUILD_DATE=$$(date -u +%FT%TZ) -f docker/Dockerfile -t $(IMAGE) .
 
+# On success, rewrites docker/image-inputs.sha256 (the digest of the image's inputs: commit it); CI's
+# .ci/image-test runs this target only when that stamp differs from the checkout.
 test-image: image $(STAMP)
 	REIDFLOW_TEST_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_kfp_image.py
+	$(BIN)/python scripts/image-inputs-digest --write

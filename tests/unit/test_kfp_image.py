@@ -4,7 +4,9 @@
 from the image, mounts its (writable) filesystem and runs commands with ``chroot`` as the image's
 user, with the image's environment and working directory: the CLI, compiling the pipeline, and a
 tiny synth -> shard -> pretrain run through the KFP components (kfp.local inside the image).
-Skipped unless ``REIDFLOW_TEST_IMAGE`` names a local image; needs root (mount, chroot).
+Skipped unless ``REIDFLOW_TEST_IMAGE`` names a local image; with it set, a machine without podman or
+root (mount, chroot) fails the tests instead of skipping them, so ``make test-image`` never writes its
+stamp (docker/image-inputs.sha256) for a test that did not run.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Rootfs:
 @pytest.fixture(scope="module")
 def rootfs() -> Iterator[Rootfs]:
     if shutil.which("podman") is None or os.geteuid() != 0:
-        pytest.skip("needs podman and root (mount, chroot)")
+        pytest.fail(f"REIDFLOW_TEST_IMAGE={IMAGE} is set but this needs podman and root (mount, chroot)")
     config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", IMAGE))
     container = podman("create", IMAGE)
     mounted: list[Path] = []
