@@ -27,6 +27,8 @@ class StageComponents:
     sda_train: Any
     sda_translate: Any
     mmt: Any
+    visda_overrides: Any
+    visda_report: Any
 
 
 def build_components(image: str | None = None) -> StageComponents:
@@ -42,6 +44,8 @@ def build_components(image: str | None = None) -> StageComponents:
         sda,
         shard,
         synth,
+        visda_overrides,
+        visda_report,
     )
     from components.image import resolve_image
 
@@ -58,6 +62,8 @@ def build_components(image: str | None = None) -> StageComponents:
         sda_train=sda.build_train(image),
         sda_translate=sda.build_translate(image),
         mmt=mmt.build(image),
+        visda_overrides=visda_overrides.build(image),
+        visda_report=visda_report.build(image),
     )
 
 

@@ -40,7 +40,7 @@ def mmt(
 
     run_id = runtime.current_run_id(model)
     with sandbox.pod(model):
-        params = runtime.load_params_text(params_yaml, [*overrides, f"mmt.name={backbone}-mmt"])
+        params = runtime.load_params_text(params_yaml, [f"mmt.name={backbone}-mmt", *overrides])
         cfg = section(params, "mmt", stage.MMTStageConfig, source=runtime.PARAMS_SOURCE)
         sources, target = runtime.training_inputs(runtime.read_manifest(shards))
         if target is None:

@@ -7,24 +7,55 @@ import typer
 
 pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow pipeline: compile, run locally, submit.")
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params YAML file")]
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--params",
+        "-p",
+        help="params YAML file [default: params.yaml; --pipeline visda: pipelines/visda/params.yaml]",
+        show_default=False,
+    ),
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-S", help="override: section.key=value (YAML value)")
 ]
+PipelineOpt = Annotated[
+    str,
+    typer.Option(
+        "--pipeline",
+        help="reid: the main pipeline | visda: the VisDA-2020 chain (SDA, pretrain x 2 seeds, MMT/MMT+, report)",
+    ),
+]
+
+
+def _params(params: Path | None, pipeline: str) -> Path:
+    """--params, else the pipeline's own params file."""
+    from pipelines.runner import DEFAULT_PARAMS, check_pipeline
+
+    return params if params is not None else DEFAULT_PARAMS[check_pipeline(pipeline)]
 
 
 @pipeline_app.command("compile")
 def compile_cmd(
-    output: Annotated[Path, typer.Option("--output", "-o", help="pipeline package (.yaml)")] = Path(
-        "reid_pipeline.yaml"
-    ),
-    params: ParamsOpt = Path("params.yaml"),
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="pipeline package (.yaml) [default: <pipeline>_pipeline.yaml]",
+            show_default=False,
+        ),
+    ] = None,
+    params: ParamsOpt = None,
     set_: SetOpt = None,
+    pipeline: PipelineOpt = "reid",
 ) -> None:
     """Compile the pipeline (image, resources and defaults from params.yaml) to a KFP v2 YAML package."""
     from pipelines.runner import compile_pipeline
 
-    typer.echo(str(compile_pipeline(params, output, set_ or [])))
+    params = _params(params, pipeline)
+    out = output if output is not None else Path(f"{pipeline}_pipeline.yaml")
+    typer.echo(str(compile_pipeline(params, out, set_ or [], pipeline=pipeline)))
 
 
 @pipeline_app.command("run")
@@ -35,7 +66,7 @@ def run_cmd(
     pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where local artifacts go")] = Path(
         "artifacts/kfp"
     ),
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     set_: SetOpt = None,
     until: Annotated[
         str, typer.Option("--until", help="last stage to run: synth | shard | pretrain | evaluate")
@@ -47,6 +78,7 @@ def run_cmd(
             help="run every task as if in its own pod (fresh working dir, pod-local outputs that vanish)",
         ),
     ] = False,
+    pipeline: PipelineOpt = "reid",
 ) -> None:
     """Run the whole pipeline locally (CPU, subprocess runner); prints the report and metrics paths."""
     from pipelines.reid_pipeline import ALL_STAGES
@@ -60,7 +92,8 @@ def run_cmd(
     if until not in ALL_STAGES:
         raise ConfigError(f"--until {until!r}: expected one of {list(ALL_STAGES)}")
     stages = ALL_STAGES[: ALL_STAGES.index(until) + 1]
-    result = run_local(params, pipeline_root, set_ or [], stages=stages, isolated=isolated)
+    params = _params(params, pipeline)
+    result = run_local(params, pipeline_root, set_ or [], stages=stages, isolated=isolated, pipeline=pipeline)
     for stage, paths in result.artifacts.items():
         for path in paths:
             typer.echo(f"{stage}\t{path}")
@@ -72,9 +105,12 @@ def run_cmd(
 @pipeline_app.command("submit")
 def submit_cmd(
     host: Annotated[str, typer.Option("--host", help="KFP API URL")],
-    package: Annotated[Path, typer.Option("--package", help="compiled pipeline YAML")] = Path(
-        "reid_pipeline.yaml"
-    ),
+    package: Annotated[
+        Path | None,
+        typer.Option(
+            "--package", help="compiled pipeline YAML [default: <pipeline>_pipeline.yaml]", show_default=False
+        ),
+    ] = None,
     experiment: Annotated[str | None, typer.Option("--experiment")] = None,
     namespace: Annotated[str | None, typer.Option("--namespace")] = None,
     arg: Annotated[
@@ -103,6 +139,9 @@ def submit_cmd(
     skip_version_check: Annotated[
         bool, typer.Option("--skip-version-check", help="submit even to a backend older than the minimum")
     ] = False,
+    pipeline: Annotated[
+        str, typer.Option("--pipeline", help="reid | visda: only picks the default --package")
+    ] = "reid",
 ) -> None:
     """Submit a compiled package to a Kubeflow Pipelines server; prints the run id.
 
@@ -113,7 +152,7 @@ def submit_cmd(
 
     import yaml
 
-    from pipelines.runner import Auth, submit
+    from pipelines.runner import Auth, check_pipeline, submit
     from reidflow.errors import ConfigError
 
     def from_env(name: str | None, option: str) -> str | None:
@@ -124,6 +163,7 @@ def submit_cmd(
             raise ConfigError(f"{option} {name}: that environment variable is empty or unset")
         return value
 
+    package = package if package is not None else Path(f"{check_pipeline(pipeline)}_pipeline.yaml")
     auth = Auth(
         token=from_env(token_env, "--token-env"),
         cookies=from_env(cookies_env, "--cookies-env"),

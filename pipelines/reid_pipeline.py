@@ -46,10 +46,12 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "sda": ("sda",),
     "mmt": ("mmt",),
     "evaluate": ("evaluate",),
+    "visda": ("visda",),
 }
 """The params sections each component reads, by pipeline parameter ``<key>_params`` (``pretrain``: every
-pretrain task, the multi-node one too; ``sda``: sda-train and sda-translate). Roles and dataset
-locations reach the training tasks through the shard manifest, not through ``datasets``."""
+pretrain task, the multi-node one too; ``sda``: sda-train and sda-translate; ``visda``: the VisDA
+pipeline's report). Roles and dataset locations reach the training tasks through the shard manifest,
+not through ``datasets``."""
 
 TASK_NAME = dsl.PIPELINE_TASK_NAME_PLACEHOLDER
 
@@ -123,7 +125,7 @@ def plan_pipeline(params: dict[str, Any], source: str = "params.yaml") -> Pipeli
     )
 
 
-def _check_stages(stages: Sequence[str]) -> tuple[str, ...]:
+def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
     stages = tuple(stages)
     if not stages or stages != ALL_STAGES[: len(stages)]:
         raise ConfigError(f"stages {list(stages)}: expected a prefix of {list(ALL_STAGES)}")
@@ -137,7 +139,7 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
     (cache keys). kfp 2.17's local runner replaces every upstream output parameter of a loop task by
     the loop item, so local runs switch it off; those tasks still read the digests from their inputs.
     """
-    stages = _check_stages(stages)
+    stages = check_stages(stages)
     cfg, image = plan.cfg, plan.image
     comps = build_components(image)
     multinode = cfg.distributed.nodes > 1
@@ -177,30 +179,20 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
         mmt_pretrain_overrides: list = ["pretrain.seed=1", "pretrain.engine.seed=1"],  # noqa: B006
         mmt_overrides: list = [],  # noqa: B006
     ) -> None:
-        synth = comps.synth(
-            params_yaml=synth_params, overrides=synth_overrides, artifact_root=artifact_root, **ids
+        collect = data_tasks(
+            plan,
+            comps,
+            stages,
+            wire_loop_digests,
+            synth_params=synth_params,
+            synth_overrides=synth_overrides,
+            shard_params=shard_params,
+            shard_overrides=shard_overrides,
+            datasets=datasets,
+            artifact_root=artifact_root,
+            synth_root=synth_root,
         )
-        apply_common(synth, cfg, image)
-        if "shard" not in stages:
-            return
-        with dsl.ParallelFor(datasets, name="datasets") as dataset:
-            shard = comps.shard(
-                params_yaml=shard_params,
-                overrides=shard_overrides,
-                dataset=dataset,
-                raw=synth.outputs["raw"],
-                artifact_root=artifact_root,
-                synth_root=synth_root,
-                raw_digest=synth.outputs["digest"] if wire_loop_digests else "",
-                **ids,
-            )
-            apply_common(shard, cfg, image)
-        collect = comps.collect(
-            shards=dsl.Collected(shard.outputs["shards"]),
-            shard_digests=dsl.Collected(shard.outputs["digest"]),
-        )
-        apply_common(collect, cfg, image)
-        if "pretrain" not in stages:
+        if collect is None or "pretrain" not in stages:
             return
         shards_digest = collect.outputs["digest"]
         with dsl.ParallelFor(backbones, name="backbones") as backbone:
@@ -288,6 +280,51 @@ def build_pipeline(plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_
     return reid_pipeline
 
 
+def data_tasks(
+    plan: PipelinePlan,
+    comps: Any,
+    stages: Sequence[str],
+    wire_loop_digests: bool,
+    *,
+    synth_params: Any,
+    synth_overrides: Any,
+    shard_params: Any,
+    shard_overrides: Any,
+    datasets: Any,
+    artifact_root: Any,
+    synth_root: Any,
+) -> Any:
+    """synth -> shard (ParallelFor over ``datasets``) -> collect-shards, the head of every pipeline
+    (the keyword arguments are the pipeline's parameters); returns the collect task, or None when
+    ``stages`` stop at synth. ``wire_loop_digests``: see :func:`build_pipeline`."""
+    cfg, image = plan.cfg, plan.image
+    ids = {"task_name": TASK_NAME}
+    synth = comps.synth(
+        params_yaml=synth_params, overrides=synth_overrides, artifact_root=artifact_root, **ids
+    )
+    apply_common(synth, cfg, image)
+    if "shard" not in stages:
+        return None
+    with dsl.ParallelFor(datasets, name="datasets") as dataset:
+        shard = comps.shard(
+            params_yaml=shard_params,
+            overrides=shard_overrides,
+            dataset=dataset,
+            raw=synth.outputs["raw"],
+            artifact_root=artifact_root,
+            synth_root=synth_root,
+            raw_digest=synth.outputs["digest"] if wire_loop_digests else "",
+            **ids,
+        )
+        apply_common(shard, cfg, image)
+    collect = comps.collect(
+        shards=dsl.Collected(shard.outputs["shards"]),
+        shard_digests=dsl.Collected(shard.outputs["digest"]),
+    )
+    apply_common(collect, cfg, image)
+    return collect
+
+
 def _sda_chain(
     plan: PipelinePlan,
     comps: Any,
@@ -296,20 +333,55 @@ def _sda_chain(
     artifact_root: Any,
     collect: Any,
 ) -> Any:
-    """pretrain (raw sources, BN adapted to the target: both frozen encoders) -> sda train -> sda
-    translate -> pretrain on the translated sources; returns the last model (it joins the ensemble).
+    """:func:`sda_translation` (encoder: the ``pretrain`` section's backbone) -> pretrain on the
+    translated sources; returns that model (it joins the ensemble).
 
-    The encoder is its own task: a task outside the backbone loop cannot pick one iteration's output.
     Both pretrain tasks run in one pod (torchrun over ``kfp.gpus``) even with ``kfp.distributed.nodes``
     > 1; ``overrides["on_sda"]`` (not the pretrain overrides) applies to the model on the translations.
+    """
+    cfg, image = plan.cfg, plan.image
+    ids = {"task_name": TASK_NAME}
+    chain_overrides = {"encoder": overrides["pretrain"], "sda": overrides["sda"]}
+    translate = sda_translation(
+        plan, comps, params, chain_overrides, artifact_root, collect, plan.sda_backbone
+    )
+    model = comps.pretrain(
+        params_yaml=params["pretrain"],
+        overrides=overrides["on_sda"],
+        backbone=plan.sda_backbone,
+        shards=translate.outputs["manifest"],
+        artifact_root=artifact_root,
+        gpus=cfg.gpus,
+        shards_digest=translate.outputs["digest"],
+        **ids,
+    ).set_display_name("pretrain-sda")
+    apply_training(apply_common(model, cfg, image), cfg)
+    return model.outputs["model"]
+
+
+def sda_translation(
+    plan: PipelinePlan,
+    comps: Any,
+    params: dict[str, Any],
+    overrides: dict[str, Any],
+    artifact_root: Any,
+    collect: Any,
+    encoder_backbone: Any,
+) -> Any:
+    """pretrain ``encoder_backbone`` (raw sources, BN adapted to the target: both frozen encoders) ->
+    sda train -> sda translate; returns the translate task (``manifest``: the translated sources and
+    the target, ``digest``: the translations' content digest).
+
+    The encoder is its own task: a task outside the backbone loop cannot pick one iteration's output.
+    ``params``: the ``pretrain`` and ``sda`` task params; ``overrides``: ``encoder`` and ``sda``.
     """
     cfg, image = plan.cfg, plan.image
     ids = {"task_name": TASK_NAME}
     shards_digest = collect.outputs["digest"]
     encoder = comps.pretrain(
         params_yaml=params["pretrain"],
-        overrides=overrides["pretrain"],
-        backbone=plan.sda_backbone,
+        overrides=overrides["encoder"],
+        backbone=encoder_backbone,
         shards=collect.outputs["manifest"],
         artifact_root=artifact_root,
         gpus=cfg.gpus,
@@ -338,15 +410,4 @@ def _sda_chain(
         **ids,
     )
     apply_training(apply_common(translate, cfg, image), cfg)  # generator inference: a GPU helps
-    model = comps.pretrain(
-        params_yaml=params["pretrain"],
-        overrides=overrides["on_sda"],
-        backbone=plan.sda_backbone,
-        shards=translate.outputs["manifest"],
-        artifact_root=artifact_root,
-        gpus=cfg.gpus,
-        shards_digest=translate.outputs["digest"],
-        **ids,
-    ).set_display_name("pretrain-sda")
-    apply_training(apply_common(model, cfg, image), cfg)
-    return model.outputs["model"]
+    return translate

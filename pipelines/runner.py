@@ -1,4 +1,8 @@
-"""Compile the pipeline to YAML, run it locally with kfp.local, or submit it to a KFP server."""
+"""Compile a pipeline to YAML, run it locally with kfp.local, or submit it to a KFP server.
+
+Two pipelines: ``reid`` (pipelines/reid_pipeline.py, from params.yaml) and ``visda`` (the VisDA-2020
+chain, pipelines/visda_pipeline.py, from pipelines/visda/params.yaml).
+"""
 
 import json
 from collections.abc import Sequence
@@ -11,21 +15,52 @@ from reidflow.config import load_params
 from reidflow.errors import ConfigError, ReidflowError
 from reidflow.store.lineage import LINEAGE_FILE
 
+PIPELINES = ("reid", "visda")
+"""The pipelines ``reidflow pipeline --pipeline`` chooses from (the first is the default)."""
 
-def load_plan(params_path: str | Path, overrides: Sequence[str] = ()) -> PipelinePlan:
-    """Read params.yaml (+ ``key=value`` overrides) into a validated pipeline plan."""
-    return plan_pipeline(load_params(params_path, list(overrides)), source=str(params_path))
+DEFAULT_PARAMS = {"reid": Path("params.yaml"), "visda": Path("pipelines/visda/params.yaml")}
 
 
-def compile_pipeline(params_path: str | Path, out_yaml: str | Path, overrides: Sequence[str] = ()) -> Path:
-    """Compile the pipeline built from ``params_path`` to a KFP v2 YAML package at ``out_yaml``."""
+def check_pipeline(pipeline: str) -> str:
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"--pipeline {pipeline!r}: expected one of {list(PIPELINES)}")
+    return pipeline
+
+
+def load_plan(params_path: str | Path, overrides: Sequence[str] = (), pipeline: str = "reid") -> PipelinePlan:
+    """Read params.yaml (+ ``key=value`` overrides) into a validated plan of ``pipeline``."""
+    params = load_params(params_path, list(overrides))
+    if check_pipeline(pipeline) == "visda":
+        from pipelines.visda_pipeline import plan_visda_pipeline
+
+        return plan_visda_pipeline(params, source=str(params_path))
+    return plan_pipeline(params, source=str(params_path))
+
+
+def build_graph(
+    plan: PipelinePlan, stages: Sequence[str] = ALL_STAGES, wire_loop_digests: bool = True
+) -> Any:
+    """The graph component of ``plan``'s pipeline (a VisdaPlan builds the VisDA chain)."""
+    from pipelines.visda_pipeline import VisdaPlan, build_visda_pipeline
+
+    if isinstance(plan, VisdaPlan):
+        return build_visda_pipeline(plan, stages=stages, wire_loop_digests=wire_loop_digests)
+    return build_pipeline(plan, stages=stages, wire_loop_digests=wire_loop_digests)
+
+
+def compile_pipeline(
+    params_path: str | Path, out_yaml: str | Path, overrides: Sequence[str] = (), pipeline: str = "reid"
+) -> Path:
+    """Compile ``pipeline`` built from ``params_path`` to a KFP v2 YAML package at ``out_yaml``."""
     from kfp import compiler
 
     out = Path(out_yaml)
     if out.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"{out}: the pipeline package must be a .yaml file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(load_plan(params_path, overrides)), package_path=str(out))
+    compiler.Compiler().compile(
+        build_graph(load_plan(params_path, overrides, pipeline)), package_path=str(out)
+    )
     return out
 
 
@@ -45,8 +80,9 @@ def run_local(
     overrides: Sequence[str] = (),
     stages: Sequence[str] = ALL_STAGES,
     isolated: bool = False,
+    pipeline: str = "reid",
 ) -> LocalRun:
-    """Run the pipeline on this machine with kfp.local's subprocess runner (CPU; GPU and Kubernetes
+    """Run ``pipeline`` on this machine with kfp.local's subprocess runner (CPU; GPU and Kubernetes
     settings ignored).
 
     Components run in this Python environment (reidflow and the ``components`` package must be
@@ -55,7 +91,8 @@ def run_local(
     as if in its own pod (components.sandbox): a fresh working directory, private TMPDIR and caches,
     outputs written to pod-local paths that vanish after the task, so a path leaking from one task to
     another fails the run as it would on a cluster. Returns the run's local artifacts;
-    ``report``/``metrics`` are set when ``evaluate`` ran and wrote locally.
+    ``report``/``metrics`` are set when ``evaluate`` (the VisDA pipeline: its report) ran and wrote
+    locally.
     """
     import os
     import uuid
@@ -65,18 +102,18 @@ def run_local(
     from components.sandbox import ISOLATE_ENV
 
     # kfp.local honours retry policies (with their backoff): a failing local task should fail at once.
-    plan = load_plan(params_path, [*overrides, "kfp.retry.num_retries=0"])
+    plan = load_plan(params_path, [*overrides, "kfp.retry.num_retries=0"], pipeline)
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    pipeline = build_pipeline(plan, stages=stages, wire_loop_digests=False)
+    graph = build_graph(plan, stages=stages, wire_loop_digests=False)
     # the task subprocesses inherit both; on a cluster the run id comes from the pod's label
     settings = {ISOLATE_ENV: "1" if isolated else "0", RUN_ID_ENV: f"local-{uuid.uuid4().hex[:12]}"}
     previous = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
-        pipeline()
+        graph()
     except RuntimeError as exc:  # kfp.local's way of reporting a failed task
         raise ReidflowError(f"local pipeline run failed: {exc}") from exc
     finally:
@@ -99,7 +136,12 @@ def collect_local_run(run_dir: Path) -> LocalRun:
     for lineage in sorted(run_dir.rglob(LINEAGE_FILE)):
         stage = json.loads(lineage.read_text()).get("stage") or "unknown"
         result.artifacts.setdefault(str(stage), []).append(lineage.parent)
-    evaluations = [p for p in result.artifacts.get("evaluate", []) if (p / "report.html").is_file()]
+    evaluations = [
+        p
+        for stage in ("evaluate", "visda-report")
+        for p in result.artifacts.get(stage, [])
+        if (p / "report.html").is_file()
+    ]
     if evaluations:
         result.report = evaluations[0] / "report.html"
         result.metrics = evaluations[0] / "metrics.json"

@@ -27,6 +27,7 @@ COMPONENT_MODULES = [
     "components.metabin",
     "components.sda",
     "components.mmt",
+    "components.visda_report",
 ]
 
 
@@ -269,7 +270,14 @@ def test_stage_functions_called_by_components_exist(module_name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module_name", ["components.synth", "components.shard", "components.pretrain", "components.evaluate"]
+    "module_name",
+    [
+        "components.synth",
+        "components.shard",
+        "components.pretrain",
+        "components.evaluate",
+        "components.visda_report",
+    ],
 )
 def test_stage_attributes_used_by_components_exist(module_name: str) -> None:
     tree = ast.parse(inspect.getsource(importlib.import_module(module_name)))
