@@ -29,19 +29,24 @@ from pydantic import Field, model_validator
 
 from reidflow.config import deep_merge, params_digest, validate_as
 from reidflow.stages.study import (
+    TARGET_METRICS,
     StudyDomains,
     bar_plot,
-    mean_std,
-    pm,
+    check_claims,
+    claim_lines,
     prepare_domains,
     reuse_or_run,
+    rows_markdown,
+    select_targets,
+    summarize_rows,
     target_scores,
+    two_net_configs,
     write_study_report,
 )
 from reidflow.store.lineage import RunContext, now_iso
 
 DIRECT = "direct transfer"
-METRICS = ("target_rank-1", "target_mAP")
+METRICS = TARGET_METRICS
 
 
 class MMTStudyConfig(StudyDomains):
@@ -67,22 +72,11 @@ class MMTStudyConfig(StudyDomains):
 
 
 def stage_configs(cfg: MMTStudyConfig, seed: int) -> dict[str, Any]:
-    """The validated configs at study seed ``seed``: ``net1``/``net2`` (pretrain seeds 2·seed and
-    2·seed + 1, BN adapted to the target, no quick evaluation) and one ``mmt`` config per variant."""
+    """The validated configs at study seed ``seed``: ``net1``/``net2`` (:func:`two_net_configs`) and
+    one ``mmt`` config per variant."""
     from reidflow.stages.mmt import MMTStageConfig
-    from reidflow.stages.pretrain import PretrainConfig
 
-    configs: dict[str, Any] = {}
-    for i, net_seed in enumerate((2 * seed, 2 * seed + 1), start=1):
-        fixed = {
-            "seed": net_seed,
-            "engine": {"device": cfg.device, "seed": net_seed},
-            "eval": {"enabled": False},
-            "target_bn": {"enabled": True},
-        }
-        configs[f"net{i}"] = validate_as(
-            PretrainConfig, deep_merge(cfg.pretrain, fixed), f"mmt_study.pretrain (net {i})"
-        )
+    configs = two_net_configs(cfg.pretrain, seed, cfg.device, "mmt_study.pretrain")
     for name, overrides in cfg.variants.items():
         fixed = {"seed": seed, "engine": {"device": cfg.device, "seed": seed}, "export": "mean1"}
         merged = deep_merge(deep_merge(cfg.mmt, overrides), fixed)
@@ -102,14 +96,9 @@ def run(
     """Run (or resume) the study under ``workdir``; write the report artifact to ``output`` (default
     ``workdir/report``) and, when given, the Markdown (+ plots) to ``table``. With ``only_targets``
     train those targets only and write no report (returns None)."""
-    from reidflow.errors import ConfigError
-
     started = now_iso()
     work = Path(workdir)
-    unknown = sorted(set(only_targets or ()) - set(cfg.all_targets))
-    if unknown:
-        raise ConfigError(f"mmt-study: --target {unknown} not among the study's targets {cfg.all_targets}")
-    targets = [t for t in cfg.all_targets if not only_targets or t in only_targets]
+    targets = select_targets(cfg, only_targets, "mmt-study")
     shards = prepare_domains(cfg.effective_synth(), [*cfg.sources, *targets], work, ctx)
     sources = [shards[s] for s in cfg.sources]
     runs: dict[str, Any] = {}
@@ -199,57 +188,20 @@ def _score_one(cfg: MMTStudyConfig, paths: Mapping[str, Path], target: Path) -> 
 
 def summarize(cfg: MMTStudyConfig, runs: Mapping[str, Any]) -> dict[str, Any]:
     """Per row: mean ± std over seeds (in %) per target, and of the per-seed average over targets."""
-    table: dict[str, Any] = {}
-    for row in cfg.rows:
-        cell: dict[str, Any] = {"targets": {}, "average": {}}
-        for target in cfg.all_targets:
-            per_seed = [r["scores"][row] for r in runs.values() if r["target"] == target]
-            cell["targets"][target] = {m: mean_std([s[m] for s in per_seed]) for m in METRICS}
-        for metric in METRICS:
-            averages = [
-                np.mean([r["scores"][row][metric] for r in runs.values() if r["seed"] == seed])
-                for seed in cfg.seeds
-            ]
-            cell["average"][metric] = mean_std(averages)
-        table[row] = cell
-    return table
+    return summarize_rows(cfg, runs, cfg.rows)
 
 
 def claim_check(cfg: MMTStudyConfig, table: Mapping[str, Any]) -> dict[str, Any]:
-    """Target mAP: MMT+ against direct transfer and against MMT, beaten by more than the larger seed
-    std of the two rows, averaged over the targets and on each target."""
+    """Target mAP: MMT+ against direct transfer and against MMT (and every further variant against
+    MMT+), beaten by more than the larger seed std of the two rows, on average and on each target."""
     pairs = [("MMT+", DIRECT), ("MMT+", "MMT")]
     pairs += [(row, "MMT+") for row in cfg.variants if row not in ("MMT", "MMT+")]
-    checks: dict[str, Any] = {}
-    for scope in ["average", *cfg.all_targets]:
-        per_pair = {}
-        for mine_row, rival in pairs:
-            if mine_row not in table or rival not in table:
-                continue
-            mine, theirs = (
-                (table[r]["average"] if scope == "average" else table[r]["targets"][scope])["target_mAP"]
-                for r in (mine_row, rival)
-            )
-            gap = mine["mean"] - theirs["mean"]
-            noise = max(mine["std"], theirs["std"])
-            per_pair[f"{mine_row} vs {rival}"] = {
-                "gap": round(gap, 2),
-                "std": round(noise, 2),
-                "beats": gap > noise,
-            }
-        checks[scope] = per_pair
-    return checks
+    return check_claims(cfg, table, pairs)
 
 
 def markdown_tables(cfg: MMTStudyConfig, table: Mapping[str, Any]) -> str:
     """Rows by method; per target mAP, then the average rank-1 and (last column) the average mAP."""
-    head = ["Method", *[f"{t} mAP %" for t in cfg.all_targets], "target rank-1 %", "target mAP %"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in cfg.rows:
-        cells = [pm(table[row]["targets"][t]["target_mAP"]) for t in cfg.all_targets]
-        avg = table[row]["average"]
-        lines.append("| " + " | ".join([row, *cells, pm(avg["target_rank-1"]), pm(avg["target_mAP"])]) + " |")
-    return "\n".join(lines) + "\n"
+    return rows_markdown(cfg, {row: table[row] for row in cfg.rows}, "Method")
 
 
 def purity_curves(cfg: MMTStudyConfig, runs: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
@@ -292,13 +244,7 @@ def results_markdown(
         "## Claims (target mAP, beaten by more than the seed std)",
         "",
     ]
-    for scope, per_pair in claims.items():
-        parts = [
-            f"{pair} {v['gap']:+.2f} (seed std {v['std']:.2f}, "
-            + ("holds)" if v["beats"] else "does not hold)")
-            for pair, v in per_pair.items()
-        ]
-        lines.append(f"- {'average over targets' if scope == 'average' else scope}: " + "; ".join(parts))
+    lines += claim_lines(claims)
     lines += [
         "",
         "## Pseudo-label purity per epoch (mean over seeds, %)",

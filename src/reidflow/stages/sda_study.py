@@ -42,6 +42,7 @@ from reidflow.stages.study import (
     prepare_domains,
     retrieval,
     reuse_or_run,
+    select_targets,
     write_study_report,
 )
 from reidflow.store.lineage import RunContext, now_iso
@@ -102,15 +103,11 @@ def run(
     """Run (or resume) the study under ``workdir``; write the report artifact to ``output`` (default
     ``workdir/report``) and, when given, the Markdown (+ plot and sample grid) to ``table``. With
     ``only_targets`` train those targets only and write no report (returns None)."""
-    from reidflow.errors import ConfigError
 
     started = now_iso()
     work = Path(workdir)
     output = Path(output) if output else work / "report"
-    unknown = sorted(set(only_targets or ()) - set(cfg.all_targets))
-    if unknown:
-        raise ConfigError(f"sda-study: --target {unknown} not among the study's targets {cfg.all_targets}")
-    targets = [t for t in cfg.all_targets if not only_targets or t in only_targets]
+    targets = select_targets(cfg, only_targets, "sda-study")
     shards = prepare_domains(cfg.effective_synth(), [*cfg.sources, *targets], work, ctx)
     sources = [shards[s] for s in cfg.sources]
     runs: dict[str, Any] = {}

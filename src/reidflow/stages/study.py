@@ -7,7 +7,12 @@
   from the current upstream artifacts (a killed study resumes where it stopped);
 - :func:`mean_std` / :func:`pm`: the cells of the tables (population std over seeds);
 - :func:`retrieval`: query-vs-gallery mAP and rank-1 of one model on one dataset, no re-ranking;
-- :func:`bar_plot`: one group of bars (mean ± std) per target and the average, one bar per row.
+- :func:`bar_plot`: one group of bars (mean ± std) per target and the average, one bar per row;
+- :func:`select_targets`, :func:`two_net_configs`: a run's targets (``--target``) and the two
+  pretrain nets of a study seed;
+- :func:`summarize_rows`, :func:`check_claims`, :func:`rows_markdown`, :func:`claim_lines`: the tables
+  of the studies whose rows are methods and whose cells are target rank-1 / mAP;
+- :func:`write_study_report`: the report artifact and the results file beside its images.
 """
 
 from __future__ import annotations
@@ -248,3 +253,106 @@ def write_study_report(
             shutil.copyfile(output / name, dest.parent / renamed[key])
         dest.write_text(markdown(renamed))
     return output
+
+
+def select_targets(cfg: StudyDomains, only_targets: Sequence[str] | None, study: str) -> list[str]:
+    """The targets a run trains: all, or ``only_targets`` (each must be one of the study's)."""
+    from reidflow.errors import ConfigError
+
+    unknown = sorted(set(only_targets or ()) - set(cfg.all_targets))
+    if unknown:
+        raise ConfigError(f"{study}: --target {unknown} not among the study's targets {cfg.all_targets}")
+    return [t for t in cfg.all_targets if not only_targets or t in only_targets]
+
+
+def two_net_configs(
+    recipe: Mapping[str, Any], seed: int, device: str, where: str, backbone: str | None = None
+) -> dict[str, Any]:
+    """``net1``/``net2``: the ``pretrain`` recipe at net seeds 2·seed and 2·seed + 1 (MMT's two nets),
+    BN adapted to the target, no quick evaluation; ``backbone`` replaces the recipe's."""
+    from reidflow.config import deep_merge, validate_as
+    from reidflow.stages.pretrain import PretrainConfig
+
+    configs: dict[str, Any] = {}
+    for i, net_seed in enumerate((2 * seed, 2 * seed + 1), start=1):
+        fixed: dict[str, Any] = {
+            "seed": net_seed,
+            "engine": {"device": device, "seed": net_seed},
+            "eval": {"enabled": False},
+            "target_bn": {"enabled": True},
+        }
+        if backbone is not None:
+            fixed["model"] = {"backbone": backbone}
+        configs[f"net{i}"] = validate_as(PretrainConfig, deep_merge(recipe, fixed), f"{where} (net {i})")
+    return configs
+
+
+TARGET_METRICS = ("target_rank-1", "target_mAP")
+
+
+def summarize_rows(cfg: StudyDomains, runs: Mapping[str, Any], rows: Sequence[str]) -> dict[str, Any]:
+    """Per row: mean ± std over seeds (in %) of ``runs[...]["scores"][row]`` per target, and of the
+    per-seed average over targets."""
+    table: dict[str, Any] = {}
+    for row in rows:
+        cell: dict[str, Any] = {"targets": {}, "average": {}}
+        for target in cfg.all_targets:
+            per_seed = [r["scores"][row] for r in runs.values() if r["target"] == target]
+            cell["targets"][target] = {m: mean_std([s[m] for s in per_seed]) for m in TARGET_METRICS}
+        for metric in TARGET_METRICS:
+            averages = [
+                np.mean([r["scores"][row][metric] for r in runs.values() if r["seed"] == seed])
+                for seed in cfg.seeds
+            ]
+            cell["average"][metric] = mean_std(averages)
+        table[row] = cell
+    return table
+
+
+def check_claims(
+    cfg: StudyDomains, table: Mapping[str, Any], pairs: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """Target mAP: each pair's row beats its rival by more than the larger seed std of the two, on the
+    average over targets and on each target (pairs with a row missing from ``table`` are left out)."""
+    checks: dict[str, Any] = {}
+    for scope in ["average", *cfg.all_targets]:
+        per_pair = {}
+        for mine_row, rival in pairs:
+            if mine_row not in table or rival not in table:
+                continue
+            mine, theirs = (
+                (table[r]["average"] if scope == "average" else table[r]["targets"][scope])["target_mAP"]
+                for r in (mine_row, rival)
+            )
+            gap, noise = mine["mean"] - theirs["mean"], max(mine["std"], theirs["std"])
+            per_pair[f"{mine_row} vs {rival}"] = {
+                "gap": round(gap, 2),
+                "std": round(noise, 2),
+                "beats": gap > noise,
+            }
+        checks[scope] = per_pair
+    return checks
+
+
+def rows_markdown(cfg: StudyDomains, table: Mapping[str, Any], first: str) -> str:
+    """Rows of ``table``; per target mAP, then the average rank-1 and (last column) the average mAP."""
+    head = [first, *[f"{t} mAP %" for t in cfg.all_targets], "target rank-1 %", "target mAP %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, cell in table.items():
+        cells = [pm(cell["targets"][t]["target_mAP"]) for t in cfg.all_targets]
+        avg = cell["average"]
+        lines.append("| " + " | ".join([row, *cells, pm(avg["target_rank-1"]), pm(avg["target_mAP"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def claim_lines(claims: Mapping[str, Any]) -> list[str]:
+    """One Markdown bullet per scope: each pair's gap, the seed std and whether the claim holds."""
+    lines = []
+    for scope, per_pair in claims.items():
+        parts = [
+            f"{pair} {v['gap']:+.2f} (seed std {v['std']:.2f}, "
+            + ("holds)" if v["beats"] else "does not hold)")
+            for pair, v in per_pair.items()
+        ]
+        lines.append(f"- {'average over targets' if scope == 'average' else scope}: " + "; ".join(parts))
+    return lines

@@ -33,10 +33,16 @@ from reidflow.config import deep_merge, params_digest, validate_as
 from reidflow.stages.study import (
     StudyDomains,
     bar_plot,
+    check_claims,
+    claim_lines,
     mean_std,
     pm,
     prepare_domains,
     reuse_or_run,
+    rows_markdown,
+    select_targets,
+    summarize_rows,
+    two_net_configs,
     write_study_report,
 )
 from reidflow.stages.visda import ROLES, VisdaReportConfig, score_chain, step_scores
@@ -59,7 +65,6 @@ STEP_ROWS = {
     "+ re-ranking": "ensemble + camera + re-ranking",
 }
 CLAIMS = (("ensemble", "best single (MMT+)"), ("SDA pretraining", "raw pretraining"), ("MMT+", "MMT"))
-METRICS = ("target_rank-1", "target_mAP")
 
 
 class VisdaStudyConfig(StudyDomains):
@@ -92,18 +97,7 @@ def stage_configs(cfg: VisdaStudyConfig, seed: int, backbone: str) -> dict[str, 
     from reidflow.stages.pretrain import PretrainConfig
     from reidflow.stages.sda import SDAConfig
 
-    configs: dict[str, Any] = {}
-    for i, net_seed in enumerate((2 * seed, 2 * seed + 1), start=1):
-        fixed = {
-            "seed": net_seed,
-            "model": {"backbone": backbone},
-            "engine": {"device": cfg.device, "seed": net_seed},
-            "eval": {"enabled": False},
-            "target_bn": {"enabled": True},
-        }
-        configs[f"net{i}"] = validate_as(
-            PretrainConfig, deep_merge(cfg.pretrain, fixed), f"visda_study.pretrain (net {i})"
-        )
+    configs = two_net_configs(cfg.pretrain, seed, cfg.device, "visda_study.pretrain", backbone)
     fixed = {"seed": seed, "engine": {"device": cfg.device, "seed": seed}}
     configs["sda"] = validate_as(SDAConfig, deep_merge(cfg.sda, fixed), "visda_study.sda")
     for role, mode in (("mmt", "mmt"), ("mmt_plus", "mmt+")):
@@ -126,14 +120,9 @@ def run(
     """Run (or resume) the study under ``workdir``; write the report artifact (default
     ``workdir/report``) and, when given, the Markdown (+ plot) to ``table``. With ``only_targets``
     train those targets only and write no report (returns None)."""
-    from reidflow.errors import ConfigError
-
     started = now_iso()
     work = Path(workdir)
-    unknown = sorted(set(only_targets or ()) - set(cfg.all_targets))
-    if unknown:
-        raise ConfigError(f"visda-study: --target {unknown} not among the study's targets {cfg.all_targets}")
-    targets = [t for t in cfg.all_targets if not only_targets or t in only_targets]
+    targets = select_targets(cfg, only_targets, "visda-study")
     shards = prepare_domains(cfg.effective_synth(), [*cfg.sources, *targets], work, ctx)
     source = shards[cfg.sources[0]]
     runs: dict[str, Any] = {}
@@ -242,22 +231,9 @@ def row_scores(chain: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def summarize(cfg: VisdaStudyConfig, runs: Mapping[str, Any]) -> dict[str, Any]:
-    """Per row: mean ± std over seeds (in %) per target, and of the per-seed average over targets."""
-    rows = [r for r in ROWS if all(r in run["scores"] for run in runs.values())]
-    table: dict[str, Any] = {}
-    for row in rows:
-        cell: dict[str, Any] = {"targets": {}, "average": {}}
-        for target in cfg.all_targets:
-            per_seed = [r["scores"][row] for r in runs.values() if r["target"] == target]
-            cell["targets"][target] = {m: mean_std([s[m] for s in per_seed]) for m in METRICS}
-        for metric in METRICS:
-            averages = [
-                np.mean([r["scores"][row][metric] for r in runs.values() if r["seed"] == seed])
-                for seed in cfg.seeds
-            ]
-            cell["average"][metric] = mean_std(averages)
-        table[row] = cell
-    return table
+    """Per row present in every run: mean ± std over seeds (in %) per target, and of the per-seed
+    average over targets."""
+    return summarize_rows(cfg, runs, [r for r in ROWS if all(r in run["scores"] for run in runs.values())])
 
 
 def per_backbone(cfg: VisdaStudyConfig, runs: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
@@ -283,33 +259,11 @@ def per_backbone(cfg: VisdaStudyConfig, runs: Mapping[str, Any]) -> dict[str, di
 def claim_check(cfg: VisdaStudyConfig, table: Mapping[str, Any]) -> dict[str, Any]:
     """Target mAP: each claim's row beats its rival by more than the larger seed std of the two, on
     the average over targets and on each target."""
-    checks: dict[str, Any] = {}
-    for scope in ["average", *cfg.all_targets]:
-        per_pair = {}
-        for mine_row, rival in CLAIMS:
-            if mine_row not in table or rival not in table:
-                continue
-            mine, theirs = (
-                (table[r]["average"] if scope == "average" else table[r]["targets"][scope])["target_mAP"]
-                for r in (mine_row, rival)
-            )
-            gap, noise = mine["mean"] - theirs["mean"], max(mine["std"], theirs["std"])
-            per_pair[f"{mine_row} vs {rival}"] = {
-                "gap": round(gap, 2),
-                "std": round(noise, 2),
-                "beats": gap > noise,
-            }
-        checks[scope] = per_pair
-    return checks
+    return check_claims(cfg, table, CLAIMS)
 
 
 def markdown_tables(cfg: VisdaStudyConfig, table: Mapping[str, Any], backbones: Mapping[str, Any]) -> str:
-    head = ["Row", *[f"{t} mAP %" for t in cfg.all_targets], "target rank-1 %", "target mAP %"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row, cell in table.items():
-        cells = [pm(cell["targets"][t]["target_mAP"]) for t in cfg.all_targets]
-        avg = cell["average"]
-        lines.append("| " + " | ".join([row, *cells, pm(avg["target_rank-1"]), pm(avg["target_mAP"])]) + " |")
+    lines = [rows_markdown(cfg, table, "Row").rstrip("\n")]
     lines += ["", "Per backbone (target mAP %, average over targets, mean ± std over seeds):", ""]
     cols = list(ROLE_ROWS.values())
     lines += ["| Backbone | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
@@ -347,13 +301,7 @@ def results_markdown(
         "## Claims (target mAP, beaten by more than the seed std)",
         "",
     ]
-    for scope, per_pair in claims.items():
-        parts = [
-            f"{pair} {v['gap']:+.2f} (seed std {v['std']:.2f}, "
-            + ("holds)" if v["beats"] else "does not hold)")
-            for pair, v in per_pair.items()
-        ]
-        lines.append(f"- {'average over targets' if scope == 'average' else scope}: " + "; ".join(parts))
+    lines += claim_lines(claims)
     lines += ["", "## Recipes", ""]
     for key in ("pretrain", "sda", "mmt", "camera"):
         lines.append(f"{key}: `" + json.dumps(getattr(cfg, key), sort_keys=True) + "`  ")
