@@ -152,14 +152,26 @@ def retrieval(feats: Any, splits: np.ndarray) -> dict[str, float]:
     return {"mAP": scores["mAP"], "rank-1": scores["rank1"]}
 
 
+def query_gallery(shards: Path, stage: str) -> Any:
+    """The query and gallery rows of the one dataset of a shards artifact (errors name ``stage``)."""
+    from reidflow.data.index import ShardIndex
+    from reidflow.errors import DataError
+
+    dirs = dataset_dirs(shards)
+    if len(dirs) != 1:
+        raise DataError(f"{stage}: {shards} holds {len(dirs)} datasets; expected the one target dataset")
+    index = ShardIndex.load(dirs[0])
+    if not {"query", "gallery"} <= set(index.splits):
+        raise DataError(f"{stage}: {dirs[0]} has no query/gallery split to score on")
+    return index.filter(split=["query", "gallery"])
+
+
 def target_scores(model_dir: Path, shards: Path, device: str, batch_size: int) -> dict[str, float]:
     """``retrieval`` of the model artifact ``model_dir`` on the query/gallery of ``shards``."""
-    from reidflow.data.index import ShardIndex
     from reidflow.eval.features import extract_with_meta
     from reidflow.models.artifact import load_model_artifact
 
-    [ddir] = dataset_dirs(shards)
-    index = ShardIndex.load(ddir).filter(split=["query", "gallery"])
+    index = query_gallery(shards, "study")
     model, meta = load_model_artifact(Path(model_dir), device)
     feats = extract_with_meta(model, meta, index, batch_size=batch_size, device=device)
     return retrieval(feats, np.asarray(index.splits))

@@ -105,19 +105,6 @@ def model_info(model_dir: Path) -> dict[str, Any]:
     }
 
 
-def _query_gallery(target: Path) -> Any:
-    from reidflow.data.index import ShardIndex
-    from reidflow.stages.study import dataset_dirs
-
-    dirs = dataset_dirs(target)
-    if len(dirs) != 1:
-        raise DataError(f"visda: {target} holds {len(dirs)} datasets; expected the one target dataset")
-    index = ShardIndex.load(dirs[0])
-    if not {"query", "gallery"} <= set(index.splits):
-        raise DataError(f"visda: {dirs[0]} has no query/gallery split to score the chain on")
-    return index.filter(split=["query", "gallery"])
-
-
 def score_chain(
     roles: Mapping[str, Sequence[Path]],
     target: Path,
@@ -135,17 +122,17 @@ def score_chain(
     from reidflow.eval.features import extract_with_meta
     from reidflow.eval.scoring import RerankParams, headline, score_variants
     from reidflow.models.artifact import load_model_artifact
+    from reidflow.stages.study import query_gallery
 
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise ConfigError(f"visda: unknown roles {unknown}; expected some of {sorted(ROLES)}")
-    members = list(roles.get(cfg.ensemble_of, []))
-    if not members:
+    if not roles.get(cfg.ensemble_of):
         raise ConfigError(
             f"visda.report.ensemble_of: {cfg.ensemble_of!r}, but no {cfg.ensemble_of} model given"
         )
     device = _device(cfg.device)
-    qg = _query_gallery(target)
+    qg = query_gallery(target, "visda")
     is_q = np.asarray(qg.splits) == "query"
     q_rows, g_rows = np.flatnonzero(is_q), np.flatnonzero(~is_q)
     pids, camids = np.asarray(qg.pids), np.asarray(qg.camids)
@@ -159,26 +146,32 @@ def score_chain(
         )  # fmt: skip
         return {name: headline(r) for name, r in res.items()}
 
-    def features(model_dir: Path, flip: bool) -> np.ndarray:
+    def features(model_dir: Path, flips: Sequence[bool]) -> list[np.ndarray]:
+        """Features with each flip setting of ``flips``, from one load of the model."""
         model, meta = load_model_artifact(Path(model_dir), device)
-        opts = {"batch_size": cfg.batch_size, "flip": flip, "device": device}
-        return extract_with_meta(model, meta, qg, **opts).features
+        return [
+            extract_with_meta(model, meta, qg, batch_size=cfg.batch_size, flip=flip, device=device).features
+            for flip in flips
+        ]
 
     cam = None
     if camera is not None:
-        cam_feats = features(camera, flip=True)
+        [cam_feats] = features(camera, (True,))
         cam = (cam_feats[q_rows], cam_feats[g_rows])
     models: list[dict[str, Any]] = []
     member_feats: list[tuple[dict[str, Any], np.ndarray]] = []
+    member_no_flip: list[np.ndarray] = []
     for role, dirs in roles.items():
+        member = role == cfg.ensemble_of
         for model_dir in dirs:
-            feats = features(Path(model_dir), flip=True)
+            feats, *no_flip = features(Path(model_dir), (True, False) if member else (True,))
             row = {"role": role, **model_info(Path(model_dir)), **variants(feats, False, None)["plain"]}
             models.append(row)
-            if role == cfg.ensemble_of:
+            if member:
                 member_feats.append((row, feats))
+                member_no_flip += no_flip
     log.info("visda: scored %d models on %s", len(models), target)
-    no_flip = concat_features([features(Path(m), flip=False) for m in members])
+    no_flip = concat_features(member_no_flip)
     ensemble = concat_features([feats for _, feats in member_feats])
     full = variants(ensemble, with_rerank=True, cam=cam)
     steps = [
