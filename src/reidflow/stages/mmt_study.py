@@ -322,7 +322,6 @@ def _write_report(
         open_input(f"{key}:{part}", path) for key, r in runs.items() for part, path in r["paths"].items()
     ]
     inputs += [open_input(f"shards:{name}", str(path)) for name, path in shards.items()]
-    runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
     return write_study_report(
         stage="mmt_study",
         cfg=cfg,
@@ -334,7 +333,8 @@ def _write_report(
             "plot": ("mmt_study.png", lambda path: _plot(cfg, table, path)),
             "purity": ("mmt_study_purity.png", lambda path: _plot_purity(cfg, curves, path)),
         },
-        results={"table": table, "claims": claims, "purity": curves, "runs": runs_json},
+        results={"table": table, "claims": claims, "purity": curves},
+        runs=runs,
         metrics={"table": table, "claims": claims},
         markdown=lambda names: results_markdown(cfg, table, claims, curves, command, names),
         table_path=table_path,

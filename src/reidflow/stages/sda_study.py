@@ -433,7 +433,6 @@ def _write_report(
     images: dict[str, tuple[str, Any]] = {"plot": ("sda_study.png", lambda path: _plot(cfg, table, path))}
     for target, src in samples.items():
         images[f"samples_{target}"] = (f"samples_{target}.png", lambda path, s=src: shutil.copyfile(s, path))
-    runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
     return write_study_report(
         stage="sda_study",
         cfg=cfg,
@@ -442,7 +441,8 @@ def _write_report(
         ctx=ctx,
         started=started,
         images=images,
-        results={"table": table, "claims": claims, "runs": runs_json},
+        results={"table": table, "claims": claims},
+        runs=runs,
         metrics={"table": table, "claims": claims},
         markdown=lambda names: results_markdown(cfg, table, claims, command, names),
         table_path=table_path,

@@ -223,6 +223,7 @@ def write_study_report(
     started: str,
     images: Mapping[str, tuple[str, Callable[[Path], Any]]],
     results: Mapping[str, Any],
+    runs: Mapping[str, Any],
     metrics: Mapping[str, Any],
     markdown: Callable[[Mapping[str, str]], str],
     table_path: str | Path | None,
@@ -231,7 +232,8 @@ def write_study_report(
     of its images.
 
     ``images``: key -> (file name in the artifact, a function drawing it there). ``markdown`` renders
-    the results file from the image names it should link (key -> name). Beside ``table_path`` the
+    the results file from the image names it should link (key -> name). ``results.json`` holds
+    ``results`` and then ``runs`` without their local paths (they would not resolve elsewhere). Beside ``table_path`` the
     images are renamed after its stem: ``plot`` -> ``<stem>.png``, any other key -> ``<stem>_<key>.png``.
     """
     import json
@@ -254,7 +256,8 @@ def write_study_report(
     ) as art:
         for name, draw in images.values():
             draw(art.path / name)
-        (art.path / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
+        (art.path / "results.json").write_text(json.dumps({**results, "runs": runs_json}, indent=1) + "\n")
         (art.path / "table.md").write_text(markdown(names))
         art.metrics = dict(metrics)
     if table_path is not None:

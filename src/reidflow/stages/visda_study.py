@@ -337,7 +337,6 @@ def _write_report(
             list(table), [*cfg.all_targets, "average"], cell, "target mAP % (mean ± std over seeds)", path
         )
 
-    runs_json = {k: {key: v for key, v in r.items() if key != "paths"} for k, r in runs.items()}
     return write_study_report(
         stage="visda_study",
         cfg=cfg,
@@ -346,7 +345,8 @@ def _write_report(
         ctx=ctx,
         started=started,
         images={"plot": ("visda_study.png", plot)},
-        results={"table": table, "per_backbone": backbones, "claims": claims, "runs": runs_json},
+        results={"table": table, "per_backbone": backbones, "claims": claims},
+        runs=runs,
         metrics={"table": table, "per_backbone": backbones, "claims": claims},
         markdown=lambda names: results_markdown(cfg, table, backbones, claims, command, names["plot"]),
         table_path=table_path,
